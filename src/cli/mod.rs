@@ -1,0 +1,49 @@
+//! Command-line definitions and dispatch. Each area's commands live in their own file;
+//! this file only parses and routes.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod backup_folder;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cradle",
+    version,
+    about = "Encrypted, incremental iPhone backups onto a USB drive"
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); logs never contain passwords.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
+    #[command(subcommand, name = "backup-folder")]
+    BackupFolder(backup_folder::BackupFolderCommand),
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRADLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::BackupFolder(c) => backup_folder::run(c),
+    }
+}

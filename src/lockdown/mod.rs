@@ -1,0 +1,1 @@
+//! lockdownd: framed plist requests, pairing, TLS sessions and StartService. (being written)
