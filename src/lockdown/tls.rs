@@ -351,16 +351,28 @@ impl TlsStream {
             detail: e.to_string(),
         })?;
         let conn = rustls::ClientConnection::new(config, name)?;
-        Self::handshake(rustls::Connection::Client(conn), sock)
+        Self::handshake(rustls::Connection::Client(conn), sock).map_err(|(e, _)| e)
     }
 
     /// Runs the server handshake on `sock`.
     pub fn accept(sock: BoxStream, config: Arc<ServerConfig>) -> Result<Self, TlsError> {
-        let conn = rustls::ServerConnection::new(config)?;
+        Self::accept_or_return(sock, config).map_err(|(e, _)| e)
+    }
+
+    /// Like `accept`, but a failed handshake hands the socket back (so the caller decides when
+    /// the peer sees the connection close).
+    pub fn accept_or_return(
+        sock: BoxStream,
+        config: Arc<ServerConfig>,
+    ) -> Result<Self, (TlsError, BoxStream)> {
+        let conn = match rustls::ServerConnection::new(config) {
+            Ok(c) => c,
+            Err(e) => return Err((e.into(), sock)),
+        };
         Self::handshake(rustls::Connection::Server(conn), sock)
     }
 
-    fn handshake(conn: rustls::Connection, sock: BoxStream) -> Result<Self, TlsError> {
+    fn handshake(conn: rustls::Connection, sock: BoxStream) -> Result<Self, (TlsError, BoxStream)> {
         let mut s = TlsStream {
             conn,
             sock,
@@ -391,7 +403,8 @@ impl TlsStream {
             Err(e) => {
                 // Nothing to say after a failed handshake (the alert, if any, was flushed).
                 s.done = true;
-                Err(TlsError::Handshake(e))
+                let sock = std::mem::replace(&mut s.sock, Box::new(Detached));
+                Err((TlsError::Handshake(e), sock))
             }
         }
     }
