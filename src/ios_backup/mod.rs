@@ -31,6 +31,26 @@ pub fn is_valid_file_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Path of a file under the shared public test data (`../shared/testdata` beside the clone; from a
+/// worktree in a subfolder, one level further up; `CRADLE_TESTDATA` overrides both).
+#[cfg(test)]
+pub(crate) fn testdata(rel: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let root = std::env::var_os("CRADLE_TESTDATA")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir
+                .ancestors()
+                .skip(1)
+                .take(2)
+                .map(|d| d.join("shared/testdata"))
+                .find(|d| d.is_dir())
+        })
+        .unwrap_or_else(|| PathBuf::from("../shared/testdata"));
+    root.join(rel)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
