@@ -1,6 +1,7 @@
 //! Apple's local backup format (Finder, iTunes, idevicebackup2), read and written.
 //! Keybag and key derivation, Manifest.db and MBFile records, per-file AES-CBC, the three plists.
 
+pub mod bplist;
 pub mod cbc_stream;
 pub mod kdf;
 pub mod keybag;
