@@ -317,7 +317,9 @@ impl<W: Write> FileStreamWriter<W> {
 
     fn check_path(p: &str) -> io::Result<()> {
         if p.len() > MAX_STREAM_PATH_LEN as usize {
-            return Err(Self::misuse("path longer than the stream's 4096-byte limit"));
+            return Err(Self::misuse(
+                "path longer than the stream's 4096-byte limit",
+            ));
         }
         Ok(())
     }
@@ -488,7 +490,10 @@ mod tests {
             message: "gone".into()
         }));
         assert_eq!(evs.last(), Some(&StreamEvent::End));
-        assert_eq!(evs.iter().filter(|e| **e == StreamEvent::FileDone).count(), 2);
+        assert_eq!(
+            evs.iter().filter(|e| **e == StreamEvent::FileDone).count(),
+            2
+        );
     }
 
     #[test]

@@ -96,11 +96,20 @@ pub enum BackupEvent {
     Phase(Phase),
     Progress(Progress),
     /// A file arrived complete.
-    FileReceived { path: String, size: u64 },
+    FileReceived {
+        path: String,
+        size: u64,
+    },
     /// The phone reported it could not send a file (the partial data was discarded).
-    FileFailedOnPhone { path: String, message: String },
+    FileFailedOnPhone {
+        path: String,
+        message: String,
+    },
     /// This side could not store a file the phone sent, or refused its path.
-    FileRefused { path: String, reason: String },
+    FileRefused {
+        path: String,
+        reason: String,
+    },
     /// The phone shows its passcode prompt (ChangePassword, or iOS ≥ 16.1 before a backup).
     PasscodeRequested,
     /// The passcode prompt went away.
@@ -315,7 +324,12 @@ impl Read for Conn {
                     self.last_activity = Instant::now();
                     return Ok(n);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if self.cancel_requested() {
                         self.stop = Some(Stop::Cancelled);
                         return Err(io::Error::other("cancelled"));
@@ -595,25 +609,28 @@ impl Mb2Session {
             return Err(HostError::Closed);
         }
         let passcode = matches!(req, HostRequest::ChangePassword { .. });
-        let res = self.conn.send(&HostMessage::ProcessMessage(req)).and_then(|()| {
-            events(BackupEvent::Phase(Phase::WaitingForPhone));
-            if passcode {
-                events(BackupEvent::PasscodeRequested);
-            }
-            let mut run = Run {
-                target,
-                events,
-                progress: Progress::default(),
-                summary: TransferSummary::default(),
-                transferring: false,
-                last_progress_bytes: 0,
-            };
-            let response = run.dl_loop(&mut self.conn)?;
-            Ok(OperationOutcome {
-                response,
-                summary: run.summary,
-            })
-        });
+        let res = self
+            .conn
+            .send(&HostMessage::ProcessMessage(req))
+            .and_then(|()| {
+                events(BackupEvent::Phase(Phase::WaitingForPhone));
+                if passcode {
+                    events(BackupEvent::PasscodeRequested);
+                }
+                let mut run = Run {
+                    target,
+                    events,
+                    progress: Progress::default(),
+                    summary: TransferSummary::default(),
+                    transferring: false,
+                    last_progress_bytes: 0,
+                };
+                let response = run.dl_loop(&mut self.conn)?;
+                Ok(OperationOutcome {
+                    response,
+                    summary: run.summary,
+                })
+            });
         if let Err(e) = &res {
             // After any of these the stream is unusable (desynchronised or gone).
             if !matches!(e, HostError::Device(_)) {
@@ -799,7 +816,10 @@ impl Run<'_> {
             if path.is_empty() {
                 // Sending it would read as the terminator; report it instead.
                 let e = TargetError::invalid(path, target::PathError::Empty);
-                failures.insert(path.clone(), StatusResponse::file_error(e.dl_code(), &describe(&e)));
+                failures.insert(
+                    path.clone(),
+                    StatusResponse::file_error(e.dl_code(), &describe(&e)),
+                );
                 self.summary.local_failures += 1;
                 continue;
             }
@@ -808,17 +828,19 @@ impl Run<'_> {
                 path: path.clone(),
             };
             let sent = w.begin_file(&header).and_then(|()| {
-                let mut reader = match target::validate(path).and_then(|p| self.target.open_read(&p)) {
-                    Ok(r) => r,
-                    Err(e) => return Ok(Err(e)),
-                };
+                let mut reader =
+                    match target::validate(path).and_then(|p| self.target.open_read(&p)) {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Err(e)),
+                    };
                 loop {
                     let n = match reader.read(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            let bp = BackupPath::parse(path).map_err(|r| TargetError::invalid(path, r));
+                            let bp =
+                                BackupPath::parse(path).map_err(|r| TargetError::invalid(path, r));
                             return Ok(Err(match bp {
                                 Ok(bp) => TargetError::io(&bp, e),
                                 Err(v) => v,
@@ -841,7 +863,10 @@ impl Run<'_> {
                         drop(w);
                         return Err(conn.io_err(io));
                     }
-                    failures.insert(path.clone(), StatusResponse::file_error(e.dl_code(), &describe(&e)));
+                    failures.insert(
+                        path.clone(),
+                        StatusResponse::file_error(e.dl_code(), &describe(&e)),
+                    );
                     self.summary.local_failures += 1;
                 }
             }
@@ -1114,7 +1139,9 @@ mod tests {
             device_version: (300, 0),
         };
         assert!(matches!(
-            s.handle(DeviceMessage::ProcessMessage(DeviceResponse::new(1).to_dict())),
+            s.handle(DeviceMessage::ProcessMessage(
+                DeviceResponse::new(1).to_dict()
+            )),
             Err(HostError::HelloRefused { code: 1 })
         ));
         let mut r = DeviceResponse::new(0);
@@ -1125,6 +1152,91 @@ mod tests {
         assert!(matches!(
             s.handle(DeviceMessage::ProcessMessage(r.to_dict())),
             Err(HostError::UnsupportedProtocol(_))
+        ));
+    }
+
+    /// A stream whose reads follow a script: bytes, or a timeout.
+    struct Scripted {
+        reads: std::collections::VecDeque<Option<Vec<u8>>>,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.reads.pop_front() {
+                Some(Some(mut bytes)) => {
+                    let n = bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[..n]);
+                    if n < bytes.len() {
+                        self.reads.push_front(Some(bytes.split_off(n)));
+                    }
+                    Ok(n)
+                }
+                Some(None) => Err(io::Error::new(io::ErrorKind::WouldBlock, "timeout")),
+                // Past the script: keep timing out.
+                None => Err(io::Error::new(io::ErrorKind::TimedOut, "timeout")),
+            }
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl crate::transport::Duplex for Scripted {}
+
+    fn scripted(reads: Vec<Option<Vec<u8>>>, config: &SessionConfig) -> Conn {
+        Conn::new(
+            Box::new(Scripted {
+                reads: reads.into(),
+            }),
+            config,
+        )
+    }
+
+    #[test]
+    fn timeouts_inside_a_frame_are_waited_out() {
+        let mut frame = Vec::new();
+        DeviceMessage::DeviceReady.encode(&mut frame);
+        let (a, b) = frame.split_at(2);
+        let mut conn = scripted(
+            vec![None, Some(a.to_vec()), None, None, Some(b.to_vec())],
+            &SessionConfig::default(),
+        );
+        assert_eq!(conn.read_message().unwrap(), DeviceMessage::DeviceReady);
+    }
+
+    #[test]
+    fn idle_limit_and_cancel_end_the_wait() {
+        let cfg = SessionConfig {
+            idle_timeout: Duration::ZERO,
+            ..SessionConfig::default()
+        };
+        let mut conn = scripted(vec![None], &cfg);
+        assert!(matches!(conn.read_message(), Err(HostError::Timeout(_))));
+        let cancel = Arc::new(AtomicBool::new(true));
+        let cfg = SessionConfig {
+            cancel: Some(cancel),
+            ..SessionConfig::default()
+        };
+        let mut conn = scripted(vec![None], &cfg);
+        assert!(matches!(conn.read_message(), Err(HostError::Cancelled)));
+    }
+
+    #[test]
+    fn eof_is_a_disconnect() {
+        // Two bytes of a length, then EOF (a read of 0 bytes).
+        let mut conn = scripted(
+            vec![Some(vec![0, 0]), Some(Vec::new())],
+            &SessionConfig::default(),
+        );
+        assert!(matches!(
+            conn.read_message(),
+            Err(HostError::PhoneDisconnected)
         ));
     }
 

@@ -60,10 +60,7 @@ pub enum DeviceMessage {
     /// Host lists a directory.
     ContentsOfDirectory { path: String },
     /// Host creates a directory and its parents. Some devices add `{}, progress`.
-    CreateDirectory {
-        path: String,
-        progress: Option<f64>,
-    },
+    CreateDirectory { path: String, progress: Option<f64> },
     /// Renames, in the order sent (source → destination).
     MoveItems {
         moves: Vec<(String, String)>,
@@ -164,7 +161,10 @@ impl DeviceMessage {
         match self {
             DeviceMessage::VersionExchange { major, minor } => message(
                 names::VERSION_EXCHANGE,
-                [Value::Integer((*major).into()), Value::Integer((*minor).into())],
+                [
+                    Value::Integer((*major).into()),
+                    Value::Integer((*minor).into()),
+                ],
             ),
             DeviceMessage::DeviceReady => message(names::DEVICE_READY, []),
             DeviceMessage::ProcessMessage(d) => {
@@ -173,7 +173,12 @@ impl DeviceMessage {
             // The fifth element (0) is what real devices send; its meaning is unknown.
             DeviceMessage::DownloadFiles { paths, progress } => message(
                 names::DOWNLOAD_FILES,
-                [strings(paths), empty(), real(progress), Value::Integer(0.into())],
+                [
+                    strings(paths),
+                    empty(),
+                    real(progress),
+                    Value::Integer(0.into()),
+                ],
             ),
             DeviceMessage::UploadFiles {
                 progress,
@@ -225,7 +230,10 @@ impl DeviceMessage {
 
     /// The framed message bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&crate::plist_frame::encode(&self.to_value(), dl::WIRE_FORMAT));
+        out.extend_from_slice(&crate::plist_frame::encode(
+            &self.to_value(),
+            dl::WIRE_FORMAT,
+        ));
     }
 
     /// Writes the message as one frame.
@@ -645,7 +653,10 @@ impl HostMessage {
 
     /// The framed message bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&crate::plist_frame::encode(&self.to_value(), dl::WIRE_FORMAT));
+        out.extend_from_slice(&crate::plist_frame::encode(
+            &self.to_value(),
+            dl::WIRE_FORMAT,
+        ));
     }
 
     /// Writes the message as one frame. Password-bearing requests have their serialised bytes
@@ -802,7 +813,10 @@ mod tests {
             path: "U".into(),
             progress: None,
         });
-        let moves = vec![("U/Snapshot/a".into(), "U/a".into()), ("b".into(), "c".into())];
+        let moves = vec![
+            ("U/Snapshot/a".into(), "U/a".into()),
+            ("b".into(), "c".into()),
+        ];
         round_trip_device(DeviceMessage::MoveItems {
             moves: moves.clone(),
             progress: Some(99.0),

@@ -84,7 +84,9 @@ impl BackupPath {
 
     /// The parent path, `None` for a single component.
     pub fn parent(&self) -> Option<BackupPath> {
-        self.0.rfind('/').map(|i| BackupPath(self.0[..i].to_string()))
+        self.0
+            .rfind('/')
+            .map(|i| BackupPath(self.0[..i].to_string()))
     }
 
     /// `self/name`, validated.
@@ -152,7 +154,9 @@ pub enum TargetError {
         source: io::Error,
     },
     /// The path is, or passes through, a symbolic link; links are never followed in a backup.
-    #[error("{path}: is or passes through a symbolic link, which is never followed inside a backup")]
+    #[error(
+        "{path}: is or passes through a symbolic link, which is never followed inside a backup"
+    )]
     Symlink { path: String },
     /// This target cannot perform the operation.
     #[error("{path}: {what} is not supported by this backup target")]
@@ -398,12 +402,7 @@ impl FolderTarget {
         }
     }
 
-    fn copy_tree(
-        src: &Path,
-        dst: &Path,
-        p: &BackupPath,
-        depth: usize,
-    ) -> Result<(), TargetError> {
+    fn copy_tree(src: &Path, dst: &Path, p: &BackupPath, depth: usize) -> Result<(), TargetError> {
         if depth > MAX_COPY_DEPTH {
             return Err(TargetError::io(
                 p,
@@ -413,7 +412,9 @@ impl FolderTarget {
         match fs::symlink_metadata(dst) {
             Ok(m) if m.is_dir() => {}
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(TargetError::Symlink { path: p.to_string() })
+                return Err(TargetError::Symlink {
+                    path: p.to_string(),
+                })
             }
             Ok(_) => return Err(TargetError::io(p, rustix::io::Errno::NOTDIR.into())),
             Err(_) => fs::create_dir(dst).map_err(|e| TargetError::io(p, e))?,
@@ -444,7 +445,9 @@ impl FolderTarget {
                 fs::remove_file(dst).map_err(|e| TargetError::io(p, e))?;
             }
         }
-        fs::copy(src, dst).map(|_| ()).map_err(|e| TargetError::io(p, e))
+        fs::copy(src, dst)
+            .map(|_| ())
+            .map_err(|e| TargetError::io(p, e))
     }
 }
 
@@ -567,9 +570,19 @@ impl BackupTarget for FolderTarget {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&cur) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && cur.is_dir() => {}
-                    Err(source) => return Err(TargetError::Io { path: shown, source }),
+                    Err(source) => {
+                        return Err(TargetError::Io {
+                            path: shown,
+                            source,
+                        })
+                    }
                 },
-                Err(source) => return Err(TargetError::Io { path: shown, source }),
+                Err(source) => {
+                    return Err(TargetError::Io {
+                        path: shown,
+                        source,
+                    })
+                }
             }
         }
         Ok(())
@@ -821,11 +834,8 @@ mod tests {
         fs::write(outside.path().join("secret"), b"s").unwrap();
         t.create_dir_all(&p("U")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("U/link")).unwrap();
-        std::os::unix::fs::symlink(
-            outside.path().join("secret"),
-            dir.path().join("U/filelink"),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("U/filelink"))
+            .unwrap();
         let code = |r: Result<(), TargetError>| r.err().map(|e| e.dl_code());
         assert_eq!(
             t.create_file(&p("U/link/x")).err().map(|e| e.dl_code()),
