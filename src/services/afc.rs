@@ -33,6 +33,25 @@ pub const MAX_DIR_ENTRIES: usize = 100_000;
 /// The file the iTunes sync lock is taken on.
 pub const SYNC_LOCK_PATH: &str = "/com.apple.itunes.lock_sync";
 
+/// Where hosts look for the iTunes files copied into Info.plist (`iTunes Files`).
+pub const ITUNES_CONTROL_DIR: &str = "/iTunes_Control/iTunes";
+/// The files of [`ITUNES_CONTROL_DIR`] both real hosts read (each stat'ed, read when present).
+pub const ITUNES_FILES: [&str; 11] = [
+    "ApertureAlbumPrefs",
+    "IC-Info.sidb",
+    "IC-Info.sidv",
+    "PhotosFolderAlbums",
+    "PhotosFolderName",
+    "PhotosFolderPrefs",
+    "VoiceMemos.plist",
+    "iPhotoAlbumPrefs",
+    "iTunesApplicationIDs",
+    "iTunesPrefs",
+    "iTunesPrefs.plist",
+];
+/// The file copied into Info.plist as `iBooks Data 2`.
+pub const IBOOKS_DATA2_PATH: &str = "/Books/iBooksData2.plist";
+
 /// AFC operation codes (the `operation` header field).
 pub mod op {
     /// Reply: `u64` status code.
