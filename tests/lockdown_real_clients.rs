@@ -5,6 +5,7 @@
 //! A missing peer skips the test with a printed line, unless CRADLE_REQUIRE_PEERS=1 (CI), where
 //! it fails. pymobiledevice3 is looked up in $CRADLE_PEERS_DIR/pmd3, else target/peers/pmd3.
 
+use cradle::lockdown::tls::TlsVersions;
 use cradle::lockdown::{LockdownClient, PairRecord};
 use cradle::sim::device::{DeviceEvent, DeviceIdentity, SimDevice, SimDeviceConfig};
 use cradle::usb::muxd::{ListenAddr, MuxdServer, ServedDevice};
@@ -76,7 +77,13 @@ fn run(mut cmd: Command) -> (bool, String, String) {
 
 /// A simulated phone behind a usbmuxd facade on 127.0.0.1:<free port>.
 fn serve() -> (Arc<SimDevice>, MuxdServer) {
-    let dev = SimDevice::new(SimDeviceConfig::new(DeviceIdentity::example())).unwrap();
+    serve_with(TlsVersions::Both)
+}
+
+fn serve_with(tls: TlsVersions) -> (Arc<SimDevice>, MuxdServer) {
+    let mut cfg = SimDeviceConfig::new(DeviceIdentity::example());
+    cfg.tls_versions = tls;
+    let dev = SimDevice::new(cfg).unwrap();
     let served = ServedDevice {
         udid: dev.udid().to_string(),
         product_id: 0x12a8,
@@ -289,4 +296,60 @@ fn pymobiledevice3_pairs_and_prints_lockdown_info() {
 
     // pymobiledevice3's record (XML, with RootPrivateKey and HostName extras) works for Cradle.
     record_works_for_cradle(&dev, &server);
+}
+
+/// A device that offers only TLS 1.2 (as phones were observed to): OpenSSL 3 without
+/// SSL_OP_LEGACY_SERVER_CONNECT needs renegotiation_info from the server, and pymobiledevice3
+/// must negotiate 1.2 too.
+#[test]
+fn both_clients_work_over_tls12() {
+    let Some(idevicepair) = find_in_path("idevicepair").or_else(|| missing("idevicepair")) else {
+        return;
+    };
+    let Some(ideviceinfo) = find_in_path("ideviceinfo").or_else(|| missing("ideviceinfo")) else {
+        return;
+    };
+    let pmd3 = peers_dir().join("pmd3/bin/pymobiledevice3");
+    if !pmd3.is_file() && missing(&format!("{}", pmd3.display())).is_none() {
+        return;
+    }
+    let (dev, server) = serve_with(TlsVersions::Tls12Only);
+    let home = tempfile::tempdir().unwrap();
+    let udid = dev.udid().to_string();
+    let cmd = |bin: &Path, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .env("HOME", home.path())
+            .env("USBMUXD_SOCKET_ADDRESS", server.client_address())
+            .env_remove("PYMOBILEDEVICE3_USBMUX")
+            .env("NO_COLOR", "1");
+        c
+    };
+    let (ok, out, err) = run(cmd(&idevicepair, &["-u", &udid, "pair"]));
+    assert!(ok, "idevicepair pair failed\nstdout: {out}\nstderr: {err}");
+    let (ok, out, err) = run(cmd(&ideviceinfo, &["-u", &udid, "-k", "UniqueDeviceID"]));
+    assert!(ok, "ideviceinfo failed\nstdout: {out}\nstderr: {err}");
+    assert_eq!(out.trim(), udid);
+    // pymobiledevice3 reads the record libimobiledevice saved in usbmuxd.
+    let (ok, out, err) = run(cmd(&pmd3, &["lockdown", "info", "--udid", &udid]));
+    assert!(ok, "pymobiledevice3 failed\nstdout: {out}\nstderr: {err}");
+    assert!(out.contains(&udid), "{out}");
+    assert_eq!(
+        dev.count_events(|e| matches!(e, DeviceEvent::Paired { .. })),
+        1,
+        "pymobiledevice3 paired again instead of using the saved record"
+    );
+    let sessions: Vec<DeviceEvent> = dev
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, DeviceEvent::SessionStarted { .. }))
+        .collect();
+    assert!(sessions.len() >= 2, "{sessions:?}");
+    assert!(
+        sessions.iter().all(|e| matches!(
+            e,
+            DeviceEvent::SessionStarted { tls: Some(v), .. } if v == "TLSv1_2"
+        )),
+        "{sessions:?}"
+    );
 }
