@@ -2,6 +2,7 @@
 //! media (incompressible behind a real header), binary blobs, plists, JSON, text, SQLite.
 //! Every generator is a pure function of its descriptor and the file size.
 
+use super::bplist::{self, V};
 use super::catalog::{CORPUS, WORDS};
 use super::rng::{hash, mix64, Rng};
 use super::sqlite::DbSpec;
@@ -9,8 +10,9 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::{self, Cursor, Read};
 
-/// Bytes generated per step by streaming generators. Fixed, so the bytes do not depend on how
-/// callers size their reads.
+/// Bytes generated per step by streaming generators (smaller files use one block of their
+/// own size, rounded up to 256). A function of the file size only, so the bytes do not
+/// depend on how callers size their reads.
 const BLOCK: usize = 64 * 1024;
 
 /// What a regular file contains. Opaque: compare it (equal descriptors give equal bytes for
@@ -124,7 +126,6 @@ enum Fill {
 /// Streams `size` bytes: `header` first, the generator's bytes after it.
 struct StreamReader {
     rng: ChaCha8Rng,
-    key: u64,
     fill: Fill,
     header: Vec<u8>,
     buf: Vec<u8>,
@@ -144,11 +145,16 @@ impl StreamReader {
         }
         StreamReader {
             rng: ChaCha8Rng::from_seed(seed),
-            key,
             fill,
             header,
-            buf: vec![0u8; BLOCK],
-            buf_pos: BLOCK,
+            buf: vec![
+                0u8;
+                usize::try_from(size)
+                    .unwrap_or(BLOCK)
+                    .min(BLOCK)
+                    .next_multiple_of(256)
+            ],
+            buf_pos: usize::MAX,
             block: 0,
             pos: 0,
             size,
@@ -160,22 +166,21 @@ impl StreamReader {
         // read sizes the caller uses.
         self.rng.fill_bytes(&mut self.buf);
         if let Fill::Masked { mask, zero_pct } = self.fill {
-            let m = u64::from_ne_bytes([mask; 8]);
-            let mut rng = Rng::from_parts(&[self.key, self.block]);
+            // The run's first random byte decides whether it is zeroed, so no second
+            // generator is needed; the rest are masked down to the wanted entropy.
+            let threshold = (u32::from(zero_pct) * 256 / 100) as u8;
             for run in self.buf.chunks_exact_mut(256) {
-                if rng.percent(u64::from(zero_pct)) {
+                if run[0] < threshold {
                     run.fill(0);
                 } else {
-                    for w in run.chunks_exact_mut(8) {
-                        let mut a = [0u8; 8];
-                        a.copy_from_slice(w);
-                        w.copy_from_slice(&(u64::from_ne_bytes(a) & m).to_ne_bytes());
+                    for b in run.iter_mut() {
+                        *b &= mask;
                     }
                 }
             }
         }
         if self.block == 0 {
-            let n = self.header.len().min(BLOCK);
+            let n = self.header.len().min(self.buf.len());
             self.buf[..n].copy_from_slice(&self.header[..n]);
         }
         self.block += 1;
@@ -187,10 +192,10 @@ impl Read for StreamReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         while n < out.len() && self.pos < self.size {
-            if self.buf_pos == BLOCK {
+            if self.buf_pos >= self.buf.len() {
                 self.refill();
             }
-            let take = (BLOCK - self.buf_pos)
+            let take = (self.buf.len() - self.buf_pos)
                 .min(out.len() - n)
                 .min(usize::try_from(self.size - self.pos).unwrap_or(usize::MAX));
             out[n..n + take].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + take]);
@@ -332,21 +337,19 @@ fn corpus_slice(rng: &mut Rng, lo: u64, hi: u64) -> &'static str {
     &CORPUS[off..off + len]
 }
 
-fn plist_value(rng: &mut Rng, depth: u32) -> plist::Value {
+fn plist_value(rng: &mut Rng, depth: u32) -> V {
     match rng.below(if depth > 1 { 5 } else { 7 }) {
-        0 => plist::Value::Boolean(rng.percent(50)),
-        1 => plist::Value::Integer((rng.below(64) as i64).into()),
-        2 => plist::Value::String(format!("{}.{}", word(rng), word(rng))),
-        3 => plist::Value::Integer((1_700_000_000 + rng.below(1 << 16) as i64 * 600).into()),
-        4 => plist::Value::String(corpus_slice(rng, 4, 60).to_string()),
-        5 => {
-            let mut d = plist::Dictionary::new();
-            for _ in 0..rng.range(1, 5) {
-                d.insert(word(rng).to_string(), plist_value(rng, depth + 1));
-            }
-            plist::Value::Dictionary(d)
-        }
-        _ => plist::Value::Array(
+        0 => V::Bool(rng.percent(50)),
+        1 => V::Int(rng.below(64)),
+        2 => V::Str(format!("{}.{}", word(rng), word(rng))),
+        3 => V::Int(1_700_000_000 + rng.below(1 << 16) * 600),
+        4 => V::Str(corpus_slice(rng, 4, 60).to_string()),
+        5 => V::Dict(
+            (0..rng.range(1, 5))
+                .map(|_| (word(rng).to_string(), plist_value(rng, depth + 1)))
+                .collect(),
+        ),
+        _ => V::Array(
             (0..rng.range(1, 4))
                 .map(|_| plist_value(rng, depth + 1))
                 .collect(),
@@ -355,15 +358,16 @@ fn plist_value(rng: &mut Rng, depth: u32) -> plist::Value {
 }
 
 /// A binary plist of exactly `size` bytes: a preference-like dictionary, or keychain-backup
-/// arrays, finished with a `_pad` data value whose length is tuned until the encoding fits.
-/// `None` when the size cannot be met (too small, or a length-encoding step skips it).
+/// arrays, finished with a `_pad` data value. `None` when the size cannot be met.
 fn bplist_fit(key: u64, size: usize, keychain: bool) -> Option<Vec<u8>> {
     let mut rng = Rng::from_parts(&[key, 0xB1]);
+    let pad = |i: usize| CORPUS.as_bytes()[i % CORPUS.len()];
     // Candidate entries, more than will fit; a prefix of them is used.
-    let mut entries: Vec<(String, plist::Value)> = Vec::new();
     let mut est = 0usize;
     if keychain {
         // Items of the four keychain tables; v_Data is ciphertext, hence random.
+        const TABLES: [&str; 4] = ["genp", "inet", "cert", "keys"];
+        let mut items: Vec<(usize, V)> = Vec::new();
         let mut counts = [0u64; 4];
         while est < size {
             let t = rng.below(4) as usize;
@@ -371,75 +375,37 @@ fn bplist_fit(key: u64, size: usize, keychain: bool) -> Option<Vec<u8>> {
             let mut blob = vec![0u8; rng.range(120, 360) as usize];
             rng.fill(&mut blob);
             est += blob.len() + 40;
-            let table = ["genp", "inet", "cert", "keys"][t];
-            let mut pref = table.as_bytes().to_vec();
+            let mut pref = TABLES[t].as_bytes().to_vec();
             pref.extend_from_slice(&counts[t].to_le_bytes());
-            let mut item = plist::Dictionary::new();
-            item.insert("v_Data".into(), plist::Value::Data(blob));
-            item.insert("v_PersistentRef".into(), plist::Value::Data(pref));
-            entries.push((table.to_string(), plist::Value::Dictionary(item)));
+            let item = vec![
+                ("v_Data".to_string(), V::Data(blob)),
+                ("v_PersistentRef".to_string(), V::Data(pref)),
+            ];
+            items.push((t, V::Dict(item)));
         }
+        let build = |n: usize| {
+            TABLES
+                .iter()
+                .enumerate()
+                .map(|(t, name)| {
+                    let a = items[..n]
+                        .iter()
+                        .filter(|(x, _)| *x == t)
+                        .map(|(_, v)| v.clone());
+                    (name.to_string(), V::Array(a.collect()))
+                })
+                .collect()
+        };
+        bplist::fit(build, items.len(), size, pad)
     } else {
+        let mut entries: Vec<(String, V)> = Vec::new();
         while est < size && entries.len() < 4000 {
             let k = format!("{}{}", word(&mut rng), rng.below(1000));
             est += k.len() + 12;
             entries.push((k, plist_value(&mut rng, 0)));
         }
+        bplist::fit_entries(&entries, size, pad)
     }
-    let pad_bytes: Vec<u8> = CORPUS.bytes().cycle().take(size).collect();
-    let render = |n: usize, pad: usize| -> Option<Vec<u8>> {
-        let mut dict = plist::Dictionary::new();
-        if keychain {
-            for table in ["genp", "inet", "cert", "keys"] {
-                let items = entries[..n]
-                    .iter()
-                    .filter(|(t, _)| t == table)
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                dict.insert(table.into(), plist::Value::Array(items));
-            }
-        } else {
-            for (k, v) in &entries[..n] {
-                dict.insert(k.clone(), v.clone());
-            }
-        }
-        dict.insert("_pad".into(), plist::Value::Data(pad_bytes[..pad].to_vec()));
-        let mut out = Vec::new();
-        plist::Value::Dictionary(dict)
-            .to_writer_binary(&mut out)
-            .ok()?;
-        Some(out)
-    };
-    // The most entries that fit with an empty pad (binary search), then the pad is tuned;
-    // if a length-encoding step skips the exact size, one entry fewer leaves more room.
-    let (mut lo, mut hi) = (0usize, entries.len());
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if render(mid, 0)?.len() <= size {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    for n in (lo.saturating_sub(2)..=lo).rev() {
-        let base = render(n, 0)?.len();
-        if base > size {
-            continue;
-        }
-        let mut pad = size - base;
-        for _ in 0..6 {
-            let out = render(n, pad)?;
-            if out.len() == size {
-                return Some(out);
-            }
-            let next = pad as i64 + size as i64 - out.len() as i64;
-            if next < 0 || next as usize > size {
-                break;
-            }
-            pad = next as usize;
-        }
-    }
-    None
 }
 
 const XML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \
@@ -703,6 +669,36 @@ mod tests {
         );
         let z = zstd::encode_all(&media[..], 3).unwrap();
         assert!(z.len() > media.len() * 99 / 100);
+    }
+
+    #[test]
+    #[ignore]
+    fn stream_speeds() {
+        for g in [
+            Gen::Media {
+                key: 9,
+                format: Media::Raw,
+            },
+            Gen::Binary {
+                key: 9,
+                mask: 0x3F,
+                zero_pct: 10,
+            },
+        ] {
+            let t = std::time::Instant::now();
+            let n = io::copy(&mut Content(g.clone()).reader(256 << 20), &mut io::sink()).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            eprintln!("{g:?}: {:.0} MB/s", n as f64 / s / 1e6);
+        }
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        for k in 0..2000 {
+            n += render_doc(k, Style::BinaryPlist, 2000 + k as usize).len();
+        }
+        eprintln!(
+            "bplist: {:.1} MB/s",
+            n as f64 / t.elapsed().as_secs_f64() / 1e6
+        );
     }
 
     #[test]

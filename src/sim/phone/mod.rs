@@ -6,6 +6,7 @@
 //! preferences, a few database pages); any day is computed directly from (seed, profile, day).
 //! Nothing reads the clock or the environment, so every machine builds the same phone.
 
+mod bplist;
 mod build;
 mod catalog;
 mod content;

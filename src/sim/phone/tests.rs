@@ -440,3 +440,36 @@ fn write_tree_matches_entries() {
     // Writing again over the same folder works (files and symlinks are replaced).
     write_tree(&p, dir.path()).unwrap();
 }
+
+/// Generation speed per kind of content (run with `--ignored --nocapture`; debug builds
+/// optimise dependencies, so the ChaCha stream runs at full speed even there).
+#[test]
+#[ignore]
+fn generation_throughput() {
+    let p = Phone::new(1, Profile::Medium, 2);
+    let mut kinds: BTreeMap<&str, (u64, std::time::Duration)> = BTreeMap::new();
+    for e in p.entries().iter().filter(|e| e.is_file()) {
+        let c = e.content().unwrap();
+        let k = match &c.0 {
+            content::Gen::Media { .. } => "media",
+            content::Gen::Sqlite(_) => "sqlite",
+            content::Gen::Binary { .. } => "binary",
+            content::Gen::Doc { style, .. } => match style {
+                content::Style::BinaryPlist | content::Style::Keychain => "bplist",
+                _ => "text",
+            },
+            content::Gen::Empty => "empty",
+        };
+        let t = Instant::now();
+        let n = io::copy(&mut p.open(e).unwrap(), &mut io::sink()).unwrap();
+        let v = kinds.entry(k).or_default();
+        v.0 += n;
+        v.1 += t.elapsed();
+    }
+    for (k, (n, t)) in kinds {
+        eprintln!(
+            "{k}: {n} bytes in {t:?}: {:.0} MB/s",
+            n as f64 / t.as_secs_f64() / 1e6
+        );
+    }
+}
