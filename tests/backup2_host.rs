@@ -874,3 +874,32 @@ fn xml_from_the_phone_is_accepted() {
     phone.join().unwrap();
     assert!(dir.path().join(U).is_dir());
 }
+
+#[test]
+fn side_events_arrive_while_the_phone_is_silent() {
+    // The phone waits for its passcode before sending anything; the prompt event (relayed by
+    // notification_proxy in real runs) must reach the display meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = FolderTarget::open(dir.path()).unwrap();
+    let (side_tx, side_rx) = std::sync::mpsc::channel();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (mut session, phone) = connect(config(), move |mut p| {
+        p.expect_backup(false);
+        side_tx.send(BackupEvent::PasscodeRequested).unwrap();
+        seen_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the host delivered the event while waiting");
+        p.finish(0, None);
+        p.expect_disconnect();
+    });
+    session.set_side_events(side_rx);
+    session
+        .backup(&mut target, U, &BackupOptions::default(), &mut |e| {
+            if e == BackupEvent::PasscodeRequested {
+                let _ = seen_tx.send(());
+            }
+        })
+        .unwrap();
+    session.disconnect().unwrap();
+    phone.join().unwrap();
+}

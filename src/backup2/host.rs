@@ -21,6 +21,7 @@ use crate::transport::BoxStream;
 use plist::{Dictionary, Value};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,6 +237,10 @@ struct Conn {
     cancel: Option<Arc<AtomicBool>>,
     last_activity: Instant,
     stop: Option<Stop>,
+    /// A byte read while waiting for the next message, handed out first by `read`.
+    stash: Option<u8>,
+    /// Events from elsewhere (notification_proxy) delivered while the phone is silent.
+    side: Option<Receiver<BackupEvent>>,
 }
 
 impl Conn {
@@ -248,6 +253,50 @@ impl Conn {
             cancel: config.cancel.clone(),
             last_activity: Instant::now(),
             stop: None,
+            stash: None,
+            side: None,
+        }
+    }
+
+    /// Hands pending side events to `events`.
+    fn drain_side(&mut self, events: &mut dyn FnMut(BackupEvent)) {
+        if let Some(rx) = &self.side {
+            while let Ok(ev) = rx.try_recv() {
+                events(ev);
+            }
+        }
+    }
+
+    /// Waits for the first byte of the next message, delivering side events (such as the
+    /// phone's passcode prompt) at every poll while the phone prepares.
+    fn wait_for_message(&mut self, events: &mut dyn FnMut(BackupEvent)) -> Result<(), HostError> {
+        if self.stash.is_some() {
+            return Ok(());
+        }
+        let mut b = [0u8; 1];
+        loop {
+            self.drain_side(events);
+            match self.stream.read(&mut b) {
+                Ok(0) => return Err(HostError::PhoneDisconnected),
+                Ok(_) => {
+                    self.stash = Some(b[0]);
+                    self.last_activity = Instant::now();
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.check_cancel()?;
+                    if self.last_activity.elapsed() >= self.idle_timeout {
+                        return Err(HostError::Timeout(self.idle_timeout));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_err(e)),
+            }
         }
     }
 
@@ -318,6 +367,11 @@ impl Conn {
 
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let (Some(b), Some(first)) = (self.stash, buf.first_mut()) {
+            *first = b;
+            self.stash = None;
+            return Ok(1);
+        }
         loop {
             match self.stream.read(buf) {
                 Ok(n) => {
@@ -541,6 +595,12 @@ impl Mb2Session {
         s.handle(conn.read_message()?)
     }
 
+    /// Delivers events from another source (the notification_proxy observer) through the
+    /// operation's `events` callback, including while the phone is silent.
+    pub fn set_side_events(&mut self, rx: Receiver<BackupEvent>) {
+        self.conn.side = Some(rx);
+    }
+
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
@@ -687,6 +747,7 @@ impl Run<'_> {
     fn dl_loop(&mut self, conn: &mut Conn) -> Result<DeviceResponse, HostError> {
         loop {
             conn.check_cancel()?;
+            conn.wait_for_message(self.events)?;
             let msg = conn.read_message()?;
             if !self.transferring && !matches!(msg, DeviceMessage::ProcessMessage(_)) {
                 self.transferring = true;
