@@ -561,7 +561,7 @@ impl FsInner {
         let Some(Node::File { data, mtime_ns, .. }) = self.nodes.get_mut(p) else {
             return Err(AfcStatus::OBJECT_NOT_FOUND);
         };
-        let total = self.bytes - data.len() as u64 + new.len() as u64;
+        let total = self.bytes.saturating_sub(data.len() as u64) + new.len() as u64;
         if total > MAX_SIM_AFC_BYTES {
             return Err(AfcStatus::NO_SPACE_LEFT);
         }
@@ -636,7 +636,7 @@ impl FsInner {
             Some(Node::Dir { .. }) if !self.children(p).is_empty() => Err(AfcStatus::DIR_NOT_EMPTY),
             Some(_) => {
                 if let Some(Node::File { data, .. }) = self.nodes.remove(p) {
-                    self.bytes -= data.len() as u64;
+                    self.bytes = self.bytes.saturating_sub(data.len() as u64);
                 }
                 Ok(())
             }
@@ -726,7 +726,9 @@ impl FsInner {
         if new.len() < end {
             new.resize(end, 0);
         }
-        new[at..end].copy_from_slice(&bytes);
+        if let Some(dst) = new.get_mut(at..end) {
+            dst.copy_from_slice(&bytes);
+        }
         self.set_contents(&path, new)?;
         if let Ok(f) = self.open_file(conn, h) {
             f.pos = end as u64;
