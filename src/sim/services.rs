@@ -16,7 +16,7 @@ use crate::services::{
     dict_str, FrameReader, Polled, AFC_SERVICE, INSTALLATION_PROXY_SERVICE,
     NOTIFICATION_PROXY_SERVICE, SPRINGBOARD_SERVICE,
 };
-use crate::sim::device::ServiceHandler;
+use crate::sim::device::{ServiceHandler, SimDevice};
 use crate::transport::BoxStream;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -1065,6 +1065,15 @@ impl SideServices {
             ),
             (SPRINGBOARD_SERVICE, springboard_handler()),
         ]
+    }
+}
+
+/// Registers notification_proxy, AFC, installation_proxy and springboardservices on `dev` under
+/// their real names, without TLS (measured to work with both real hosts). `side` stays with the
+/// caller, so that tests and the backup agent can post notifications and seed or inspect files.
+pub fn register_side_services(dev: &SimDevice, side: &SideServices) {
+    for (name, handler) in side.handlers() {
+        dev.register_service(name, false, handler);
     }
 }
 
