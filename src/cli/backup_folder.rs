@@ -147,7 +147,7 @@ fn info(a: &FolderArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(d) = m.date() {
-        writeln!(out, "date:          {}", d)?;
+        writeln!(out, "date:          {}", d.to_xml_format())?;
     }
     writeln!(
         out,
@@ -163,7 +163,7 @@ fn info(a: &FolderArgs) -> anyhow::Result<ExitCode> {
         Some(s) => writeln!(
             out,
             "state:         {}",
-            s.snapshot_state().unwrap_or("(none)")
+            s.snapshot_state()
         )?,
         None => writeln!(out, "state:         no Status.plist (incomplete backup?)")?,
     }

@@ -81,6 +81,13 @@ pub enum FolderError {
         path: String,
         reason: PathError,
     },
+    /// A Manifest.db row is inconsistent (bad fileID, unsafe path).
+    #[error("{domain}/{path}: refused: {source}")]
+    BadRow {
+        domain: String,
+        path: String,
+        source: manifest_db::RowError,
+    },
     /// The output would be written through something that is not a plain directory.
     #[error("{}: refused: a path component is a symlink or not a directory", path.display())]
     UnsafeOutput { path: PathBuf },
@@ -111,10 +118,11 @@ impl BackupFolder {
     /// (like a MobileSync `Backup` directory with one device in it).
     pub fn open(path: &Path) -> Result<Self, FolderError> {
         let root = find_backup_root(path)?;
-        let manifest = ManifestPlist::from_bytes(&read_capped(&root.join("Manifest.plist"))?)?;
+        let mpath = root.join("Manifest.plist");
+        let manifest = ManifestPlist::from_bytes_at(&read_capped(&mpath)?, &mpath)?;
         let status_path = root.join("Status.plist");
         let status = if status_path.exists() {
-            Some(StatusPlist::from_bytes(&read_capped(&status_path)?)?)
+            Some(StatusPlist::from_bytes_at(&read_capped(&status_path)?, &status_path)?)
         } else {
             None
         };
@@ -144,15 +152,7 @@ impl BackupFolder {
 
     /// The parsed keybag from Manifest.plist.
     pub fn keybag(&self) -> Result<Keybag, FolderError> {
-        let bytes = self
-            .manifest
-            .backup_key_bag()
-            .ok_or(FolderError::Keybag(KeybagError::Truncated {
-                at: 0,
-                need: 8,
-                have: 0,
-            }))?;
-        Keybag::decode(bytes).map_err(FolderError::Keybag)
+        Keybag::decode(self.manifest.backup_keybag()).map_err(FolderError::Keybag)
     }
 
     /// Checks a password against the keybag only (Manifest.db is not touched).
@@ -268,14 +268,10 @@ impl OpenBackup {
 
     /// Where a row's data file lives in the folder. The fileID is checked first.
     pub fn data_path(&self, row: &ManifestRow) -> Result<PathBuf, FolderError> {
-        row.validate().map_err(|e| FolderError::UnsafePath {
+        row.validate().map_err(|source| FolderError::BadRow {
             domain: row.domain.clone(),
             path: row.relative_path.clone(),
-            reason: match e {
-                manifest_db::RowError::UnsafePath { reason, .. }
-                | manifest_db::RowError::UnsafeDomain { reason, .. } => reason,
-                _ => PathError::Unsafe,
-            },
+            source,
         })?;
         Ok(self.root.join(&row.file_id[..2]).join(&row.file_id))
     }

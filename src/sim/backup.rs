@@ -11,7 +11,9 @@ use crate::ios_backup::kdf;
 use crate::ios_backup::keybag::{FileKeyError, Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::manifest_db::{ManifestDbWriter, ManifestRow, ManifestWriteError};
 use crate::ios_backup::mbfile::MbFile;
-use crate::ios_backup::plists::{InfoPlist, ManifestPlist, StatusPlist};
+use crate::ios_backup::plists::{InfoPlist, InfoPlistParams, ManifestPlist, ManifestPlistParams, StatusPlist};
+use super::phone::DeviceIdentity;
+use plist::{Dictionary, Value};
 use crate::password::Password;
 use hmac::{KeyInit, Mac};
 use rand::SeedableRng;
@@ -242,37 +244,57 @@ impl<'p> SimBackup<'p> {
 
     /// Manifest.plist as the phone writes it.
     pub fn manifest_plist(&self) -> ManifestPlist {
-        let keys = self.keys.as_ref();
-        ManifestPlist::new_for_backup(
-            self.phone.identity(),
-            &self.keybag_bytes,
-            keys.map(|k| k.manifest_key_blob.as_slice()),
-            self.phone.now(),
-        )
+        let id = self.phone.identity();
+        let mut applications = Dictionary::new();
+        for app in &id.installed_apps {
+            let mut d = Dictionary::new();
+            d.insert("CFBundleIdentifier".into(), Value::String(app.bundle_id.clone()));
+            d.insert("CFBundleVersion".into(), Value::String(app.version.clone()));
+            d.insert(
+                "ContainerContentClass".into(),
+                Value::String("Data/Application".into()),
+            );
+            d.insert(
+                "Path".into(),
+                Value::String(format!("/private/var/containers/Bundle/Application/{}.app", app.display_name)),
+            );
+            applications.insert(app.bundle_id.clone(), Value::Dictionary(d));
+        }
+        let params = ManifestPlistParams {
+            backup_keybag: self.keybag_bytes.clone(),
+            manifest_key: self.keys.as_ref().map(|k| k.manifest_key_blob.clone()),
+            lockdown: ManifestPlist::lockdown_from_values(&lockdown_root_values(id)),
+            applications,
+            date: unix_date(self.phone.now()),
+            was_passcode_set: true,
+            system_domains_version: "24.0".into(),
+        };
+        // Every value above has the type the model expects.
+        ManifestPlist::new_for_backup(params).expect("well-typed Manifest.plist values")
     }
 
     /// Status.plist of a finished backup.
     pub fn status_plist(&self, full: bool) -> StatusPlist {
-        StatusPlist::finished(&self.backup_uuid(), self.phone.now(), full)
+        StatusPlist::finished(self.backup_uuid(), unix_date(self.phone.now()), full)
     }
 
     /// Info.plist as a host (idevicebackup2) writes it.
     pub fn info_plist(&self) -> InfoPlist {
-        InfoPlist::from_identity(self.phone.identity(), self.phone.now())
+        let id = self.phone.identity();
+        let mut host = InfoPlistParams::new(hex::encode_upper(self.backup_uuid().as_bytes()));
+        host.installed_applications = id.installed_apps.iter().map(|a| a.bundle_id.clone()).collect();
+        host.last_backup_date = Some(unix_date(self.phone.now()));
+        InfoPlist::from_lockdown_values(&id.udid, &lockdown_root_values(id), host)
     }
 
     /// A stable UUID for this phone's backup on this day.
-    fn backup_uuid(&self) -> String {
+    fn backup_uuid(&self) -> uuid::Uuid {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
             self.phone.seed() ^ (u64::from(self.phone.day()) << 32) ^ 0x7575_6964,
         );
         let mut b = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rng, &mut b);
-        uuid::Builder::from_random_bytes(b)
-            .into_uuid()
-            .hyphenated()
-            .to_string()
-            .to_uppercase()
+        uuid::Builder::from_random_bytes(b).into_uuid()
     }
 
     /// Writes the complete backup folder at `out` (created if missing, refused if not empty):
@@ -317,7 +339,45 @@ impl<'p> SimBackup<'p> {
         };
         write("Manifest.plist", self.manifest_plist().to_bytes())?;
         write("Status.plist", self.status_plist(true).to_bytes())?;
-        write("Info.plist", self.info_plist().to_bytes())?;
+        write("Info.plist", self.info_plist().to_xml())?;
         Ok(stats)
     }
+}
+
+/// A Unix time as a plist date.
+pub fn unix_date(secs: i64) -> plist::Date {
+    let t = if secs >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
+    };
+    plist::Date::from(t)
+}
+
+/// The lockdown root values of the simulated phone (what `GetValue` with no domain and no key
+/// returns), without the device's public key.
+pub fn lockdown_root_values(id: &DeviceIdentity) -> Dictionary {
+    let mut d = Dictionary::new();
+    let mut s = |k: &str, v: &str| {
+        d.insert(k.into(), Value::String(v.to_owned()));
+    };
+    s("BuildVersion", &id.build_version);
+    s("DeviceClass", &id.device_class);
+    s("DeviceName", &id.device_name);
+    s("HardwareModel", &id.hardware_model);
+    s("IntegratedCircuitCardIdentity", &id.iccid);
+    s("InternationalMobileEquipmentIdentity", &id.imei);
+    s("MobileEquipmentIdentifier", &id.meid);
+    s("PhoneNumber", &id.phone_number);
+    s("ProductName", "iPhone OS");
+    s("ProductType", &id.product_type);
+    s("ProductVersion", &id.product_version);
+    s("SerialNumber", &id.serial_number);
+    s("TimeZone", &id.time_zone);
+    s("UniqueDeviceID", &id.udid);
+    s("WiFiAddress", &id.wifi_address);
+    s("BluetoothAddress", &id.bluetooth_address);
+    d.insert("UniqueChipID".into(), Value::Integer(id.unique_chip_id.into()));
+    d.insert("ChipID".into(), Value::Integer(u64::from(id.chip_id).into()));
+    d
 }
