@@ -3,5 +3,6 @@
 
 pub mod backup;
 pub mod device;
+pub mod lockdownd;
 pub mod phone;
 pub mod services;

@@ -433,8 +433,7 @@ impl Builder {
         path: &str,
         leaves: u32,
         activity: Activity,
-        text_pct: u8,
-        table: &'static str,
+        (text_pct, table): (u8, &'static str),
         a: Attrs,
     ) -> usize {
         let spec = DbSpec {
@@ -463,7 +462,7 @@ impl Builder {
         };
         let text = self.rng.range(30, 90) as u8;
         let a = if self.rng.percent(60) { DB } else { PRIVATE };
-        self.db(d, path, leaves, activity, text, "records", a)
+        self.db(d, path, leaves, activity, (text, "records"), a)
     }
 
     fn media_size(&mut self, lo: u64, hi: u64) -> u64 {
@@ -532,8 +531,7 @@ impl Builder {
             "Library/SMS/sms.db",
             self.p.sms_leaves,
             sms_activity,
-            85,
-            "message",
+            (85, "message"),
             DB,
         );
         let big = self.p.db_leaves_max;
@@ -547,8 +545,7 @@ impl Builder {
             "Library/AddressBook/AddressBook.sqlitedb",
             big / 2 + 2,
             contacts,
-            90,
-            "ABPerson",
+            (90, "ABPerson"),
             PRIVATE,
         );
         self.db(
@@ -556,8 +553,7 @@ impl Builder {
             "Library/AddressBook/AddressBookImages.sqlitedb",
             big / 3 + 1,
             contacts,
-            10,
-            "ABThumbnailImage",
+            (10, "ABThumbnailImage"),
             PRIVATE,
         );
         for path in [
@@ -735,8 +731,7 @@ impl Builder {
             "Media/PhotoData/Photos.sqlite",
             self.p.photos_db_leaves,
             act,
-            40,
-            "ZASSET",
+            (40, "ZASSET"),
             DB,
         );
         self.file(
@@ -842,8 +837,7 @@ impl Builder {
             "Media/Recordings/CloudRecordings.db",
             3,
             act,
-            60,
-            "ZCLOUDRECORDING",
+            (60, "ZCLOUDRECORDING"),
             DB,
         );
     }
@@ -883,8 +877,7 @@ impl Builder {
             "TrustStore.sqlite3",
             2,
             act,
-            20,
-            "tsettings",
+            (20, "tsettings"),
             Attrs {
                 mode: 0o100600,
                 uid: 64,
@@ -909,8 +902,7 @@ impl Builder {
             "Health/healthdb_secure.sqlite",
             self.p.health_leaves,
             act,
-            15,
-            "samples",
+            (15, "samples"),
             attrs(0o100600, 3),
         );
         let act = Activity {
@@ -923,8 +915,7 @@ impl Builder {
             "Health/healthdb.sqlite",
             4,
             act,
-            50,
-            "source_devices",
+            (50, "source_devices"),
             attrs(0o100600, 3),
         );
         let g = Gen::Binary {
@@ -1016,8 +1007,7 @@ impl Builder {
             "Library/Databases/DataUsage.sqlite",
             self.p.db_leaves_max / 2 + 1,
             act,
-            30,
-            "ZPROCESS",
+            (30, "ZPROCESS"),
             Attrs {
                 mode: 0o100644,
                 uid: 25,
@@ -1188,8 +1178,7 @@ impl Builder {
                 "NoteStore.sqlite",
                 self.p.db_leaves_max,
                 act,
-                80,
-                "ZICCLOUDSYNCINGOBJECT",
+                (80, "ZICCLOUDSYNCINGOBJECT"),
                 PRIVATE,
             );
             self.dir(d, "Accounts/LocalAccount/Media");
@@ -1324,8 +1313,7 @@ impl Builder {
                         "ChatStorage.sqlite",
                         self.p.db_leaves_max * 2,
                         act,
-                        70,
-                        "ZWAMESSAGE",
+                        (70, "ZWAMESSAGE"),
                         PRIVATE,
                     );
                     self.messenger_media.push(g);

@@ -322,7 +322,7 @@ pub(crate) fn render_doc(key: u64, style: Style, size: usize) -> Vec<u8> {
 }
 
 fn word(rng: &mut Rng) -> &'static str {
-    *rng.pick(WORDS)
+    WORDS[rng.below(WORDS.len() as u64) as usize]
 }
 
 /// A slice of the corpus, `lo..=hi` bytes long.
@@ -405,7 +405,9 @@ fn bplist_fit(key: u64, size: usize, keychain: bool) -> Option<Vec<u8>> {
         }
         dict.insert("_pad".into(), plist::Value::Data(pad_bytes[..pad].to_vec()));
         let mut out = Vec::new();
-        plist::Value::Dictionary(dict).to_writer_binary(&mut out).ok()?;
+        plist::Value::Dictionary(dict)
+            .to_writer_binary(&mut out)
+            .ok()?;
         Some(out)
     };
     // The most entries that fit with an empty pad (binary search), then the pad is tuned;
@@ -670,17 +672,35 @@ mod tests {
 
     #[test]
     fn documents_compress_and_media_does_not() {
-        for style in [Style::BinaryPlist, Style::XmlPlist, Style::Json, Style::Log, Style::Text] {
+        for style in [
+            Style::BinaryPlist,
+            Style::XmlPlist,
+            Style::Json,
+            Style::Log,
+            Style::Text,
+        ] {
             let v = render_doc(77, style, 20_000);
             let z = zstd::encode_all(&v[..], 3).unwrap();
             eprintln!("{style:?}: 20000 -> {}", z.len());
-            assert!(z.len() * 10 < v.len() * 8, "{style:?}: {} -> {}", v.len(), z.len());
+            assert!(
+                z.len() * 10 < v.len() * 8,
+                "{style:?}: {} -> {}",
+                v.len(),
+                z.len()
+            );
         }
         let plist = render_doc(77, Style::BinaryPlist, 6_000);
         let parsed = plist::Value::from_reader(Cursor::new(&plist)).unwrap();
         let d = parsed.as_dictionary().unwrap();
         assert!(d.len() > 10, "mostly padding: {} keys", d.len());
-        let media = read_all(&Content(Gen::Media { key: 1, format: Media::Heic }), 100_000, 4096);
+        let media = read_all(
+            &Content(Gen::Media {
+                key: 1,
+                format: Media::Heic,
+            }),
+            100_000,
+            4096,
+        );
         let z = zstd::encode_all(&media[..], 3).unwrap();
         assert!(z.len() > media.len() * 99 / 100);
     }

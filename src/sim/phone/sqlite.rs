@@ -329,7 +329,7 @@ impl DbReader {
             let f = self.shape.f;
             for l in 1..self.shape.depth {
                 let c = first_alloc(f, l);
-                if j >= c && (j - c) % f.pow(l) == 0 {
+                if j >= c && (j - c).is_multiple_of(f.pow(l)) {
                     self.pending.push(Role::Node(l, (j - c) / f.pow(l)));
                 } else {
                     break;
@@ -723,7 +723,7 @@ mod tests {
             .filter(|(a, b)| a != b)
             .count();
         // 0.5 % of 3000 leaves = 15, plus page 1, the root and a parent or two.
-        assert!(changed >= 2 && changed <= 25, "{changed}");
+        assert!((2..=25).contains(&changed), "{changed}");
     }
 
     #[test]
