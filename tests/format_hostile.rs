@@ -9,8 +9,18 @@ use std::path::{Path, PathBuf};
 fn generate(dir: &Path, name: &str, password: Option<&Path>) -> PathBuf {
     let out = dir.join(name);
     let mut cmd = cradle();
-    cmd.args(["sim", "generate", "--seed", "9", "--profile", "tiny", "--dpic", "1000", "--out"])
-        .arg(&out);
+    cmd.args([
+        "sim",
+        "generate",
+        "--seed",
+        "9",
+        "--profile",
+        "tiny",
+        "--dpic",
+        "1000",
+        "--out",
+    ])
+    .arg(&out);
     match password {
         Some(p) => cmd.arg("--password-file").arg(p),
         None => cmd.arg("--unencrypted"),
@@ -23,7 +33,10 @@ fn generate(dir: &Path, name: &str, password: Option<&Path>) -> PathBuf {
 /// Runs `backup-folder extract` and checks it failed cleanly; returns stderr.
 fn extract_fails(backup: &Path, password: Option<&Path>, out: &Path) -> String {
     let mut cmd = cradle();
-    cmd.args(["backup-folder", "extract"]).arg(backup).arg("--out").arg(out);
+    cmd.args(["backup-folder", "extract"])
+        .arg(backup)
+        .arg("--out")
+        .arg(out);
     if let Some(p) = password {
         cmd.arg("--password-file").arg(p);
     }
@@ -39,7 +52,11 @@ fn extract_fails(backup: &Path, password: Option<&Path>, out: &Path) -> String {
 fn add_row(db: &Path, domain: &str, rel: &str, blob_from: &str) {
     let c = rusqlite::Connection::open(db).unwrap();
     let blob: Vec<u8> = c
-        .query_row("SELECT file FROM Files WHERE flags = 1 AND relativePath = ?", [blob_from], |r| r.get(0))
+        .query_row(
+            "SELECT file FROM Files WHERE flags = 1 AND relativePath = ?",
+            [blob_from],
+            |r| r.get(0),
+        )
         .unwrap();
     c.execute(
         "INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?, ?, ?, 1, ?)",
@@ -50,8 +67,12 @@ fn add_row(db: &Path, domain: &str, rel: &str, blob_from: &str) {
 
 fn any_file_path(db: &Path) -> String {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row("SELECT relativePath FROM Files WHERE flags = 1 LIMIT 1", [], |r| r.get(0))
-        .unwrap()
+    c.query_row(
+        "SELECT relativePath FROM Files WHERE flags = 1 LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -71,10 +92,17 @@ fn dotdot_and_absolute_paths_are_refused_and_nothing_escapes() {
         std::fs::create_dir(&sandbox).unwrap();
         let out = sandbox.join("a/b/out");
         let err = extract_fails(&backup, None, &out);
-        assert!(err.contains("refused") || err.contains("unsafe"), "{name}: {err}");
+        assert!(
+            err.contains("refused") || err.contains("unsafe"),
+            "{name}: {err}"
+        );
         assert!(!tmp.path().join("escaped").exists());
         assert!(!Path::new("/tmp/escaped-absolute").exists());
-        for p in [sandbox.join("escaped"), sandbox.join("a/escaped"), sandbox.join("a/b/escaped")] {
+        for p in [
+            sandbox.join("escaped"),
+            sandbox.join("a/escaped"),
+            sandbox.join("a/b/escaped"),
+        ] {
             assert!(!p.exists(), "{name}: wrote {}", p.display());
         }
     }
@@ -89,14 +117,19 @@ fn a_symlink_row_cannot_redirect_a_later_file() {
     // A symlink row "Evil" pointing outside, and a file row below it.
     let c = rusqlite::Connection::open(&db).unwrap();
     let link_blob: Vec<u8> = c
-        .query_row("SELECT file FROM Files WHERE flags = 4 LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT file FROM Files WHERE flags = 4 LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let mut mb = cradle::ios_backup::mbfile::MbFile::decode(&link_blob).unwrap();
     mb.relative_path = "Evil".into();
     mb.target = Some(tmp.path().join("outside").display().to_string());
     c.execute(
         "INSERT INTO Files VALUES (?, 'HomeDomain', 'Evil', 4, ?)",
-        rusqlite::params![cradle::ios_backup::file_id("HomeDomain", "Evil"), mb.encode()],
+        rusqlite::params![
+            cradle::ios_backup::file_id("HomeDomain", "Evil"),
+            mb.encode()
+        ],
     )
     .unwrap();
     drop(c);
@@ -104,7 +137,10 @@ fn a_symlink_row_cannot_redirect_a_later_file() {
     std::fs::create_dir(tmp.path().join("outside")).unwrap();
     let out = tmp.path().join("out");
     let _ = extract_fails(&backup, None, &out);
-    assert!(!tmp.path().join("outside/planted").exists(), "wrote through the symlink");
+    assert!(
+        !tmp.path().join("outside/planted").exists(),
+        "wrote through the symlink"
+    );
 }
 
 #[test]
@@ -141,7 +177,10 @@ fn damaged_folders_give_clear_errors() {
 
     // A data file shorter than its padding.
     let b = generate(tmp.path(), "short", Some(&pw));
-    let victim = walk_data_files(&b).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let victim = walk_data_files(&b)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let data = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &data[..8]).unwrap();
     let out = tmp.path().join("o4");
@@ -155,7 +194,11 @@ fn damaged_folders_give_clear_errors() {
     assert!(left.len() < 100, "sanity");
 
     // Missing Manifest.plist.
-    let err = extract_fails(tmp.path().join("nothing-here").as_path(), None, &tmp.path().join("o5"));
+    let err = extract_fails(
+        tmp.path().join("nothing-here").as_path(),
+        None,
+        &tmp.path().join("o5"),
+    );
     assert!(err.contains("nothing-here"), "{err}");
 }
 

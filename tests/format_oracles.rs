@@ -14,13 +14,25 @@ struct Case {
     day: u32,
 }
 
-fn generate(dir: &Path, c: &Case, password: Option<&Path>, dpic: Option<u32>) -> std::path::PathBuf {
+fn generate(
+    dir: &Path,
+    c: &Case,
+    password: Option<&Path>,
+    dpic: Option<u32>,
+) -> std::path::PathBuf {
     let out = dir.join(format!("backup-{}-{}-{}", c.seed, c.profile, c.day));
     let mut cmd = cradle();
-    cmd.args(["sim", "generate", "--seed", &c.seed.to_string(), "--profile", c.profile])
-        .args(["--day", &c.day.to_string()])
-        .arg("--out")
-        .arg(&out);
+    cmd.args([
+        "sim",
+        "generate",
+        "--seed",
+        &c.seed.to_string(),
+        "--profile",
+        c.profile,
+    ])
+    .args(["--day", &c.day.to_string()])
+    .arg("--out")
+    .arg(&out);
     match password {
         Some(p) => {
             cmd.arg("--password-file").arg(p);
@@ -33,26 +45,44 @@ fn generate(dir: &Path, c: &Case, password: Option<&Path>, dpic: Option<u32>) ->
         cmd.args(["--dpic", &d.to_string()]);
     }
     let o = cmd.output().unwrap();
-    assert!(o.status.success(), "sim generate failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sim generate failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 
 fn tree(dir: &Path, c: &Case) -> BTreeMap<String, TreeEntry> {
     let out = dir.join(format!("tree-{}-{}-{}", c.seed, c.profile, c.day));
     let o = cradle()
-        .args(["sim", "tree", "--seed", &c.seed.to_string(), "--profile", c.profile])
+        .args([
+            "sim",
+            "tree",
+            "--seed",
+            &c.seed.to_string(),
+            "--profile",
+            c.profile,
+        ])
         .args(["--day", &c.day.to_string()])
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
-    assert!(o.status.success(), "sim tree failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sim tree failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     read_tree(&out)
 }
 
 fn extract(backup: &Path, password: Option<&Path>, out: &Path) -> std::process::Output {
     let mut cmd = cradle();
-    cmd.args(["backup-folder", "extract"]).arg(backup).arg("--out").arg(out);
+    cmd.args(["backup-folder", "extract"])
+        .arg(backup)
+        .arg("--out")
+        .arg(out);
     if let Some(p) = password {
         cmd.arg("--password-file").arg(p);
     }
@@ -66,9 +96,21 @@ fn generate_then_extract_equals_sim_tree() {
     let tmp = tempfile::tempdir().unwrap();
     let pw = password_file(tmp.path(), "correct horse ünïcödé");
     for c in [
-        Case { seed: 1, profile: "tiny", day: 1 },
-        Case { seed: 2, profile: "tiny", day: 3 },
-        Case { seed: 3, profile: "small", day: 1 },
+        Case {
+            seed: 1,
+            profile: "tiny",
+            day: 1,
+        },
+        Case {
+            seed: 2,
+            profile: "tiny",
+            day: 3,
+        },
+        Case {
+            seed: 3,
+            profile: "small",
+            day: 1,
+        },
     ] {
         let expected = tree(tmp.path(), &c);
         for encrypted in [true, false] {
@@ -77,8 +119,19 @@ fn generate_then_extract_equals_sim_tree() {
             let backup = generate(&sub, &c, encrypted.then_some(pw.as_path()), Some(1000));
             let out = sub.join("extracted");
             let o = extract(&backup, encrypted.then_some(pw.as_path()), &out);
-            assert!(o.status.success(), "extract failed: {}", String::from_utf8_lossy(&o.stderr));
-            assert_trees_equal(&expected, &read_tree(&out), &format!("seed {} {} day {} encrypted={encrypted}", c.seed, c.profile, c.day));
+            assert!(
+                o.status.success(),
+                "extract failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_trees_equal(
+                &expected,
+                &read_tree(&out),
+                &format!(
+                    "seed {} {} day {} encrypted={encrypted}",
+                    c.seed, c.profile, c.day
+                ),
+            );
         }
     }
 }
@@ -98,12 +151,28 @@ fn files_of(tree: &BTreeMap<String, TreeEntry>) -> BTreeMap<String, (String, u64
 /// sees the same directories and symlinks.
 #[test]
 fn iphone_backup_decrypt_reads_our_backups() {
-    let Some(python) = peer_python("ibd") else { return };
+    let Some(python) = peer_python("ibd") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let pw = password_file(tmp.path(), "test-pässword");
     for (c, dpic) in [
-        (Case { seed: 11, profile: "tiny", day: 1 }, None), // phones' default 10,000,000 rounds
-        (Case { seed: 12, profile: "small", day: 2 }, Some(1000)),
+        (
+            Case {
+                seed: 11,
+                profile: "tiny",
+                day: 1,
+            },
+            None,
+        ), // phones' default 10,000,000 rounds
+        (
+            Case {
+                seed: 12,
+                profile: "small",
+                day: 2,
+            },
+            Some(1000),
+        ),
     ] {
         let expected = tree(tmp.path(), &c);
         let backup = generate(tmp.path(), &c, Some(&pw), dpic);
@@ -113,7 +182,11 @@ fn iphone_backup_decrypt_reads_our_backups() {
             .arg(&pw)
             .output()
             .unwrap();
-        assert!(o.status.success(), "iphone-backup-decrypt failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "iphone-backup-decrypt failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let mut files = BTreeMap::new();
         let mut dirs = 0usize;
         let mut links = BTreeMap::new();
@@ -122,11 +195,21 @@ fn iphone_backup_decrypt_reads_our_backups() {
             let key = if v["path"].as_str().unwrap().is_empty() {
                 v["domain"].as_str().unwrap().to_string()
             } else {
-                format!("{}/{}", v["domain"].as_str().unwrap(), v["path"].as_str().unwrap())
+                format!(
+                    "{}/{}",
+                    v["domain"].as_str().unwrap(),
+                    v["path"].as_str().unwrap()
+                )
             };
             match v["kind"].as_str().unwrap() {
                 "file" => {
-                    files.insert(key, (v["sha256"].as_str().unwrap().to_string(), v["size"].as_u64().unwrap()));
+                    files.insert(
+                        key,
+                        (
+                            v["sha256"].as_str().unwrap().to_string(),
+                            v["size"].as_u64().unwrap(),
+                        ),
+                    );
                 }
                 "dir" => dirs += 1,
                 "link" => {
@@ -135,7 +218,11 @@ fn iphone_backup_decrypt_reads_our_backups() {
                 other => panic!("unexpected row kind {other}"),
             }
         }
-        assert_eq!(files, files_of(&expected), "file contents per iphone-backup-decrypt");
+        assert_eq!(
+            files,
+            files_of(&expected),
+            "file contents per iphone-backup-decrypt"
+        );
         let expected_links: BTreeMap<_, _> = expected
             .iter()
             .filter_map(|(k, v)| match v {
@@ -145,7 +232,10 @@ fn iphone_backup_decrypt_reads_our_backups() {
             .collect();
         assert_eq!(links, expected_links, "symlinks per iphone-backup-decrypt");
         let expected_dirs = expected.values().filter(|v| **v == TreeEntry::Dir).count();
-        assert_eq!(dirs, expected_dirs, "directory rows per iphone-backup-decrypt");
+        assert_eq!(
+            dirs, expected_dirs,
+            "directory rows per iphone-backup-decrypt"
+        );
         assert!(!files.is_empty());
     }
 }
@@ -153,11 +243,17 @@ fn iphone_backup_decrypt_reads_our_backups() {
 /// mvt's decrypt-backup writes `<xx>/<fileID>` for every file; each must equal the ground truth.
 #[test]
 fn mvt_decrypts_our_backups() {
-    let Some(mvt) = peer_bin("mvt", "mvt-ios") else { return };
+    let Some(mvt) = peer_bin("mvt", "mvt-ios") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let password = "mvt pass";
     let pw = password_file(tmp.path(), password);
-    let c = Case { seed: 21, profile: "tiny", day: 2 };
+    let c = Case {
+        seed: 21,
+        profile: "tiny",
+        day: 2,
+    };
     let expected = tree(tmp.path(), &c);
     let backup = generate(tmp.path(), &c, Some(&pw), Some(1000));
     let out = tmp.path().join("mvt-out");
@@ -169,21 +265,34 @@ fn mvt_decrypts_our_backups() {
         .env("HOME", tmp.path())
         .output()
         .unwrap();
-    assert!(o.status.success(), "mvt failed: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mvt failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     // mvt exits 0 even when single files fail: compare every output file.
     let mut checked = 0;
     for (key, (sha, size)) in files_of(&expected) {
         let (domain, rel) = key.split_once('/').unwrap();
         let id = cradle::ios_backup::file_id(domain, rel);
         let p = out.join(&id[..2]).join(&id);
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("mvt did not write {key} ({}): {e}", p.display()));
+        let bytes = std::fs::read(&p)
+            .unwrap_or_else(|e| panic!("mvt did not write {key} ({}): {e}", p.display()));
         use sha2::Digest;
         assert_eq!(bytes.len() as u64, size, "{key}: size");
-        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha, "{key}: content");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            sha,
+            "{key}: content"
+        );
         checked += 1;
     }
     assert!(checked > 10);
-    assert!(out.join("Manifest.db").is_file(), "mvt wrote the decrypted Manifest.db");
+    assert!(
+        out.join("Manifest.db").is_file(),
+        "mvt wrote the decrypted Manifest.db"
+    );
 }
 
 /// A wrong password: non-zero exit, one clear line, nothing written.
@@ -191,7 +300,11 @@ fn mvt_decrypts_our_backups() {
 fn wrong_password_is_one_clear_line_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let pw = password_file(tmp.path(), "right");
-    let c = Case { seed: 5, profile: "tiny", day: 1 };
+    let c = Case {
+        seed: 5,
+        profile: "tiny",
+        day: 1,
+    };
     let backup = generate(tmp.path(), &c, Some(&pw), Some(1000));
     let wrong = tmp.path().join("wrong");
     std::fs::write(&wrong, "wrong\n").unwrap();

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cradle::ios_backup::folder::{BackupFolder, FolderError, Filter, OpenBackup};
+use cradle::ios_backup::folder::{BackupFolder, Filter, FolderError, OpenBackup};
 use cradle::ios_backup::manifest_db;
 use cradle::password::{resolve_password, Password};
 use std::io::Write;
@@ -156,18 +156,21 @@ fn info(a: &FolderArgs) -> anyhow::Result<ExitCode> {
     )?;
     if let Some(kb) = folder.keybag().ok().filter(|_| folder.is_encrypted()) {
         if let Some(dpic) = kb.dpic() {
-            writeln!(out, "key rounds:    {dpic} (PBKDF2-SHA256) + {} (PBKDF2-SHA1)", kb.iterations().unwrap_or(0))?;
+            writeln!(
+                out,
+                "key rounds:    {dpic} (PBKDF2-SHA256) + {} (PBKDF2-SHA1)",
+                kb.iterations().unwrap_or(0)
+            )?;
         }
     }
     match folder.status() {
-        Some(s) => writeln!(
-            out,
-            "state:         {}",
-            s.snapshot_state()
-        )?,
+        Some(s) => writeln!(out, "state:         {}", s.snapshot_state())?,
         None => writeln!(out, "state:         no Status.plist (incomplete backup?)")?,
     }
-    if folder.is_encrypted() && a.password_file.is_none() && std::env::var_os("CRADLE_PASSWORD_FILE").is_none() {
+    if folder.is_encrypted()
+        && a.password_file.is_none()
+        && std::env::var_os("CRADLE_PASSWORD_FILE").is_none()
+    {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
             writeln!(out, "contents:      (give --password-file to count files)")?;
@@ -194,7 +197,12 @@ fn info(a: &FolderArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn ls(a: &FolderArgs, domain: Option<&str>, path: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn ls(
+    a: &FolderArgs,
+    domain: Option<&str>,
+    path: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let folder = a.open()?;
     let open = a.unlock(&folder)?;
     let filter = Filter::new(domain, path).context("bad --domain or --path pattern")?;

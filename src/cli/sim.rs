@@ -105,7 +105,11 @@ pub fn run(c: SimCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: {} backup of {} ({}), {} files ({} bytes), {} dirs, {} symlinks; {:.1} s",
                 out.display(),
-                if encryption.is_some() { "encrypted" } else { "unencrypted" },
+                if encryption.is_some() {
+                    "encrypted"
+                } else {
+                    "unencrypted"
+                },
                 phone.identity().device_name,
                 phone.identity().udid,
                 st.files,

@@ -30,7 +30,7 @@ pub enum FolderError {
     Io { path: PathBuf, source: io::Error },
     /// A plist of the backup is malformed.
     #[error(transparent)]
-    Plist(#[from] PlistError),
+    Plist(Box<PlistError>),
     /// The keybag in Manifest.plist is malformed.
     #[error("Manifest.plist: the backup keybag is unusable: {0}")]
     Keybag(KeybagError),
@@ -51,7 +51,7 @@ pub enum FolderError {
     ManifestDecrypt(CbcError),
     /// Manifest.db could not be read.
     #[error(transparent)]
-    ManifestDb(#[from] ManifestDbError),
+    ManifestDb(Box<ManifestDbError>),
     /// A row's key could not be used.
     #[error("{domain}/{path}: its file key is unusable: {reason}")]
     FileKey {
@@ -96,6 +96,18 @@ pub enum FolderError {
     OutputNotEmpty { path: PathBuf },
 }
 
+impl From<ManifestDbError> for FolderError {
+    fn from(e: ManifestDbError) -> Self {
+        FolderError::ManifestDb(Box::new(e))
+    }
+}
+
+impl From<PlistError> for FolderError {
+    fn from(e: PlistError) -> Self {
+        FolderError::Plist(Box::new(e))
+    }
+}
+
 impl FolderError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> FolderError + '_ {
         move |source| FolderError::Io {
@@ -122,7 +134,10 @@ impl BackupFolder {
         let manifest = ManifestPlist::from_bytes_at(&read_capped(&mpath)?, &mpath)?;
         let status_path = root.join("Status.plist");
         let status = if status_path.exists() {
-            Some(StatusPlist::from_bytes_at(&read_capped(&status_path)?, &status_path)?)
+            Some(StatusPlist::from_bytes_at(
+                &read_capped(&status_path)?,
+                &status_path,
+            )?)
         } else {
             None
         };
@@ -184,9 +199,12 @@ impl BackupFolder {
 
     /// As [`BackupFolder::unlock`], with a keybag already unlocked (e.g. from a 32-byte KEK).
     pub fn open_with_keys(&self, keys: UnlockedKeybag) -> Result<OpenBackup, FolderError> {
-        let mk = self.manifest.manifest_key().ok_or(FolderError::NoManifestKey)?;
-        let wrapped =
-            WrappedKey::decode(mk).map_err(|e: KeyWrapError| FolderError::ManifestKey(e.to_string()))?;
+        let mk = self
+            .manifest
+            .manifest_key()
+            .ok_or(FolderError::NoManifestKey)?;
+        let wrapped = WrappedKey::decode(mk)
+            .map_err(|e: KeyWrapError| FolderError::ManifestKey(e.to_string()))?;
         let key = keys
             .unwrap_file_key(&wrapped)
             .map_err(|e: FileKeyError| FolderError::ManifestKey(e.to_string()))?;
@@ -278,7 +296,11 @@ impl OpenBackup {
 
     /// Decrypts (or copies, in an unencrypted backup) one regular file's content into `out`.
     /// Returns the plaintext length; a disagreement with `Size` is logged, the bytes are kept.
-    pub fn read_file_into(&self, row: &ManifestRow, out: &mut dyn Write) -> Result<u64, FolderError> {
+    pub fn read_file_into(
+        &self,
+        row: &ManifestRow,
+        out: &mut dyn Write,
+    ) -> Result<u64, FolderError> {
         let data = self.data_path(row)?;
         let file = match fs::File::open(&data) {
             Ok(f) => f,
@@ -323,7 +345,11 @@ impl OpenBackup {
         Ok(len)
     }
 
-    fn file_key(&self, keys: &UnlockedKeybag, row: &ManifestRow) -> Result<Zeroizing<[u8; 32]>, FolderError> {
+    fn file_key(
+        &self,
+        keys: &UnlockedKeybag,
+        row: &ManifestRow,
+    ) -> Result<Zeroizing<[u8; 32]>, FolderError> {
         let err = |reason: String| FolderError::FileKey {
             domain: row.domain.clone(),
             path: row.relative_path.clone(),
@@ -335,7 +361,8 @@ impl OpenBackup {
             .as_deref()
             .ok_or_else(|| err("no EncryptionKey in its record".into()))?;
         let wrapped = WrappedKey::decode(blob).map_err(|e| err(e.to_string()))?;
-        keys.unwrap_file_key(&wrapped).map_err(|e| err(e.to_string()))
+        keys.unwrap_file_key(&wrapped)
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Extracts matching rows into `out/<domain>/<relativePath>`: files with their content,
@@ -434,7 +461,11 @@ fn ensure_dirs(root: &Path, rel: &Path) -> Result<(), FolderError> {
     for c in rel.components() {
         match c {
             Component::Normal(name) => cur.push(name),
-            _ => return Err(FolderError::UnsafeOutput { path: cur.join(rel) }),
+            _ => {
+                return Err(FolderError::UnsafeOutput {
+                    path: cur.join(rel),
+                })
+            }
         }
         match fs::symlink_metadata(&cur) {
             Ok(md) if md.is_dir() => {}

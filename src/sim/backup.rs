@@ -5,17 +5,19 @@
 //! password always give byte-identical backups, and a file that did not change between two days keeps
 //! its key (as on a real phone, whose Manifest.db carries unchanged rows over).
 
+use super::phone::DeviceIdentity;
 use super::phone::{Entry, EntryKind, Phone, PhoneError};
 use crate::ios_backup::cbc_stream::{self, EncryptWriter};
 use crate::ios_backup::kdf;
 use crate::ios_backup::keybag::{FileKeyError, Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::manifest_db::{ManifestDbWriter, ManifestRow, ManifestWriteError};
 use crate::ios_backup::mbfile::MbFile;
-use crate::ios_backup::plists::{InfoPlist, InfoPlistParams, ManifestPlist, ManifestPlistParams, StatusPlist};
-use super::phone::DeviceIdentity;
-use plist::{Dictionary, Value};
+use crate::ios_backup::plists::{
+    InfoPlist, InfoPlistParams, ManifestPlist, ManifestPlistParams, StatusPlist,
+};
 use crate::password::Password;
 use hmac::{KeyInit, Mac};
+use plist::{Dictionary, Value};
 use rand::SeedableRng;
 use std::fs;
 use std::io::{self, BufWriter, Write};
@@ -108,7 +110,8 @@ impl<'p> SimBackup<'p> {
                     Keybag::new_backup(&enc.password, enc.dpic, kdf::DEFAULT_ITER, &mut rng)?;
                 let mut file_key_seed = Zeroizing::new([0u8; 32]);
                 rand::RngCore::fill_bytes(&mut rng, &mut file_key_seed[..]);
-                let (manifest_key, wrapped) = unlocked.new_file_key(MANIFEST_KEY_CLASS, &mut rng)?;
+                let (manifest_key, wrapped) =
+                    unlocked.new_file_key(MANIFEST_KEY_CLASS, &mut rng)?;
                 let keybag_bytes = keybag.to_bytes();
                 Ok(SimBackup {
                     phone,
@@ -141,8 +144,9 @@ impl<'p> SimBackup<'p> {
     /// The key of one file's current content: HMAC-SHA256 over its fileID, size and mtime, so a
     /// changed file gets a new key (keeping the zero IV safe) and an unchanged one keeps its key.
     fn file_key(&self, keys: &Keys, e: &Entry) -> Zeroizing<[u8; 32]> {
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&keys.file_key_seed[..])
-            .expect("HMAC takes keys of any length");
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&keys.file_key_seed[..])
+                .expect("HMAC takes keys of any length");
         mac.update(e.file_id().as_bytes());
         mac.update(&e.size().to_be_bytes());
         mac.update(&e.last_modified.to_be_bytes());
@@ -248,7 +252,10 @@ impl<'p> SimBackup<'p> {
         let mut applications = Dictionary::new();
         for app in &id.installed_apps {
             let mut d = Dictionary::new();
-            d.insert("CFBundleIdentifier".into(), Value::String(app.bundle_id.clone()));
+            d.insert(
+                "CFBundleIdentifier".into(),
+                Value::String(app.bundle_id.clone()),
+            );
             d.insert("CFBundleVersion".into(), Value::String(app.version.clone()));
             d.insert(
                 "ContainerContentClass".into(),
@@ -256,7 +263,10 @@ impl<'p> SimBackup<'p> {
             );
             d.insert(
                 "Path".into(),
-                Value::String(format!("/private/var/containers/Bundle/Application/{}.app", app.display_name)),
+                Value::String(format!(
+                    "/private/var/containers/Bundle/Application/{}.app",
+                    app.display_name
+                )),
             );
             applications.insert(app.bundle_id.clone(), Value::Dictionary(d));
         }
@@ -282,7 +292,11 @@ impl<'p> SimBackup<'p> {
     pub fn info_plist(&self) -> InfoPlist {
         let id = self.phone.identity();
         let mut host = InfoPlistParams::new(hex::encode_upper(self.backup_uuid().as_bytes()));
-        host.installed_applications = id.installed_apps.iter().map(|a| a.bundle_id.clone()).collect();
+        host.installed_applications = id
+            .installed_apps
+            .iter()
+            .map(|a| a.bundle_id.clone())
+            .collect();
         host.last_backup_date = Some(unix_date(self.phone.now()));
         InfoPlist::from_lockdown_values(&id.udid, &lockdown_root_values(id), host)
     }
@@ -377,7 +391,13 @@ pub fn lockdown_root_values(id: &DeviceIdentity) -> Dictionary {
     s("UniqueDeviceID", &id.udid);
     s("WiFiAddress", &id.wifi_address);
     s("BluetoothAddress", &id.bluetooth_address);
-    d.insert("UniqueChipID".into(), Value::Integer(id.unique_chip_id.into()));
-    d.insert("ChipID".into(), Value::Integer(u64::from(id.chip_id).into()));
+    d.insert(
+        "UniqueChipID".into(),
+        Value::Integer(id.unique_chip_id.into()),
+    );
+    d.insert(
+        "ChipID".into(),
+        Value::Integer(u64::from(id.chip_id).into()),
+    );
     d
 }

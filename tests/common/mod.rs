@@ -41,7 +41,10 @@ pub fn peer_bin(venv: &str, program: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if peers_required() {
-        panic!("peer {venv}/{program} is missing at {}: run scripts/test to install it", p.display());
+        panic!(
+            "peer {venv}/{program} is missing at {}: run scripts/test to install it",
+            p.display()
+        );
     }
     eprintln!("SKIP: peer {venv}/{program} not installed (scripts/test installs it)");
     None
@@ -83,14 +86,25 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, TreeEntry> {
             let md = std::fs::symlink_metadata(&p).unwrap();
             if md.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).unwrap();
-                out.insert(rel, TreeEntry::Link { target: t.to_string_lossy().into_owned() });
+                out.insert(
+                    rel,
+                    TreeEntry::Link {
+                        target: t.to_string_lossy().into_owned(),
+                    },
+                );
             } else if md.is_dir() {
                 out.insert(rel, TreeEntry::Dir);
                 stack.push(p);
             } else {
                 let bytes = std::fs::read(&p).unwrap();
                 let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-                out.insert(rel, TreeEntry::File { sha256, size: bytes.len() as u64 });
+                out.insert(
+                    rel,
+                    TreeEntry::File {
+                        sha256,
+                        size: bytes.len() as u64,
+                    },
+                );
             }
         }
     }
@@ -98,7 +112,11 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, TreeEntry> {
 }
 
 /// Asserts two trees are equal, listing the first differences readably.
-pub fn assert_trees_equal(expected: &BTreeMap<String, TreeEntry>, actual: &BTreeMap<String, TreeEntry>, what: &str) {
+pub fn assert_trees_equal(
+    expected: &BTreeMap<String, TreeEntry>,
+    actual: &BTreeMap<String, TreeEntry>,
+    what: &str,
+) {
     let mut problems = Vec::new();
     for (k, v) in expected {
         match actual.get(k) {
@@ -115,7 +133,10 @@ pub fn assert_trees_equal(expected: &BTreeMap<String, TreeEntry>, actual: &BTree
     if !problems.is_empty() {
         let n = problems.len();
         problems.truncate(20);
-        panic!("{what}: {n} differences, first ones:\n  {}", problems.join("\n  "));
+        panic!(
+            "{what}: {n} differences, first ones:\n  {}",
+            problems.join("\n  ")
+        );
     }
 }
 
