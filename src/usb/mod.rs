@@ -2,4 +2,5 @@
 //! socket protocol desktops use. Everything above sees only "open a stream to port N".
 
 pub mod descriptors;
+pub mod mux;
 pub mod muxd;
