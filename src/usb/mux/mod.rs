@@ -329,6 +329,11 @@ impl MuxCore {
         self.conns.len()
     }
 
+    /// Whether `poll_transmit` has something to hand out.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty() || !self.ack_queue.is_empty()
+    }
+
     /// Bytes waiting to be read on `conn`.
     pub fn readable_bytes(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, |c| c.rx.len())
