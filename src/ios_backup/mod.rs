@@ -1,6 +1,7 @@
 //! Apple's local backup format (Finder, iTunes, idevicebackup2), read and written.
 //! Keybag and key derivation, Manifest.db and MBFile records, per-file AES-CBC, the three plists.
 
+pub mod bplist;
 pub mod cbc_stream;
 pub mod kdf;
 pub mod keybag;
@@ -28,6 +29,26 @@ pub fn is_valid_file_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Path of a file under the shared public test data (`../shared/testdata` beside the clone; from a
+/// worktree in a subfolder, one level further up; `CRADLE_TESTDATA` overrides both).
+#[cfg(test)]
+pub(crate) fn testdata(rel: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let root = std::env::var_os("CRADLE_TESTDATA")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir
+                .ancestors()
+                .skip(1)
+                .take(2)
+                .map(|d| d.join("shared/testdata"))
+                .find(|d| d.is_dir())
+        })
+        .unwrap_or_else(|| PathBuf::from("../shared/testdata"));
+    root.join(rel)
 }
 
 #[cfg(test)]
