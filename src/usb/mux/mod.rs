@@ -781,6 +781,17 @@ impl MuxCore {
                 break;
             }
             let n = room.min(max_payload).min(data.len() - sent);
+            // Avoid the silly window: with data still in flight, a sliver of window (65500-byte
+            // packets leave 72 bytes of a 131072-byte window) waits for the next ACK instead of
+            // going out as a tiny packet.
+            let in_flight = c.tx_seq.wrapping_sub(c.peer_ack);
+            if n < max_payload
+                && n < data.len() - sent
+                && in_flight > 0
+                && (room as u32) < c.peer_window / 2
+            {
+                break;
+            }
             let tcp = TcpHeader {
                 sport: c.local_port,
                 dport: c.remote_port,
