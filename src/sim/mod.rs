@@ -2,5 +2,6 @@
 //! the backup agent and the side services. The harness for every test and the demo.
 
 pub mod device;
+pub mod lockdownd;
 pub mod phone;
 pub mod services;
