@@ -26,6 +26,8 @@ pub const MAX_AFC_PACKET_LEN: u64 = 8 * 1024 * 1024 + AFC_HEADER_LEN as u64;
 pub const MAX_AFC_PATH_LEN: usize = 4096;
 /// Bytes this client asks for per Read request.
 pub const MAX_READ_CHUNK: u64 = 1024 * 1024;
+/// Read timeout set on the connection: a device answers every AFC request within seconds.
+pub const AFC_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most key/value pairs accepted in a GetFileInfo reply (a real one has about eight).
 pub const MAX_FILE_INFO_PAIRS: usize = 64;
 /// Most entries accepted in a ReadDirectory reply.
@@ -863,8 +865,11 @@ pub struct AfcClient {
 }
 
 impl AfcClient {
-    /// A client over a started `com.apple.afc` connection.
+    /// A client over a started `com.apple.afc` connection. Sets [`AFC_READ_TIMEOUT`] on it.
     pub fn new(stream: BoxStream) -> Self {
+        if let Err(e) = stream.set_read_timeout(Some(AFC_READ_TIMEOUT)) {
+            tracing::debug!(error = %e, "afc: no read timeout on this connection");
+        }
         Self {
             stream,
             next_packet: 0,
