@@ -11,6 +11,7 @@ pub mod ios_backup;
 pub mod lockdown;
 pub mod password;
 pub mod plist_frame;
+pub mod services;
 pub mod sim;
 pub mod transport;
 pub mod usb;

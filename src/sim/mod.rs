@@ -4,3 +4,4 @@
 pub mod device;
 pub mod lockdownd;
 pub mod phone;
+pub mod services;

@@ -1,0 +1,47 @@
+//! AFC packets from a hostile peer: the codec must never panic, a decoded packet must re-encode
+//! to the same bytes, and the simulated device must answer or close on any byte stream.
+#![no_main]
+
+use cradle::services::afc::{
+    decode_dir_listing, read_packet, AfcPacket, AfcReply, AfcRequest, FileInfo, MAX_AFC_PACKET_LEN,
+};
+use cradle::sim::services::{afc_handler, SimAfcFs};
+use cradle::transport::Duplex;
+use libfuzzer_sys::fuzz_target;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+/// A connection whose peer sends `input` and then closes; replies are discarded.
+struct Replay(io::Cursor<Vec<u8>>);
+
+impl Read for Replay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Replay {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Duplex for Replay {}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((p, used)) = AfcPacket::decode(data, MAX_AFC_PACKET_LEN) {
+        let mut again = Vec::new();
+        p.encode(&mut again);
+        assert_eq!(&again[..], &data[..used]);
+        let _ = AfcRequest::from_packet(&p);
+        if let Ok(AfcReply::Data(d)) = AfcReply::from_packet(&p) {
+            let _ = FileInfo::decode(&d);
+            let _ = decode_dir_listing(&d);
+        }
+    }
+    let _ = read_packet(&mut &data[..], MAX_AFC_PACKET_LEN);
+    afc_handler(Arc::new(SimAfcFs::new()))(Box::new(Replay(io::Cursor::new(data.to_vec()))));
+});
