@@ -6,3 +6,4 @@ pub mod device;
 pub mod lockdownd;
 pub mod phone;
 pub mod services;
+pub mod simulator;

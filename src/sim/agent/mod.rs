@@ -64,6 +64,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// Default cap of one UploadFiles batch, in files.
 pub const DEFAULT_BATCH_FILES: usize = 500;
+/// How long the passcode prompt waits for a host to finish registering its observers.
+pub const OBSERVER_GRACE: Duration = Duration::from_millis(250);
 /// Reports kept by an agent (older ones are dropped).
 pub const MAX_REPORTS: usize = 64;
 
@@ -409,6 +411,12 @@ impl BackupAgent {
     fn passcode_prompt(&self) {
         if !self.config.passcode_prompt {
             return;
+        }
+        if let Some(hub) = &self.config.notifications {
+            // A host registers its observers on notification_proxy just before it sends the
+            // request, on another connection: give that connection a moment to be read, or the
+            // first notification reaches nobody.
+            hub.wait_for_observers(NOTIFY_PASSCODE_PRESENTED, 1, OBSERVER_GRACE);
         }
         self.notify(NOTIFY_PASSCODE_PRESENTED);
         if !self.config.passcode_delay.is_zero() {
