@@ -419,3 +419,15 @@ fn validate_and_unpair() {
     let err = c.validate_pair(&rec).unwrap_err();
     assert_eq!(err.device_error(), Some(&LockdownError::InvalidHostID));
 }
+
+#[test]
+fn damaged_record_on_disk_is_replaced_by_pairing() {
+    let dev = device_with(|_| {});
+    let conn = dev.connector();
+    let dir = tempfile::tempdir().unwrap();
+    let store = cradle::lockdown::DirPairStore::new(dir.path()).unwrap();
+    std::fs::write(store.path_for(dev.udid()).unwrap(), b"not a plist").unwrap();
+    let s = lockdown::open(&conn, &store, &host(), &opts(), &mut |_| {}).unwrap();
+    assert!(s.paired_now());
+    assert_eq!(&store.load(dev.udid()).unwrap().unwrap(), s.record());
+}

@@ -551,3 +551,31 @@ fn plist_services_close_on_garbage() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn watcher_forwards_relays_until_stopped() {
+    let (s, np_h, _) = side();
+    let (np_s, t) = serve(&np_h);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = NotificationProxyClient::new(boxed(np_s))
+        .spawn_watcher(&[SYNC_CANCEL_REQUEST, LOCAL_AUTH_UI_PRESENTED], move |n| {
+            let _ = tx.send(n);
+        })
+        .unwrap();
+    assert!(s
+        .notifications
+        .wait_for_observers(LOCAL_AUTH_UI_PRESENTED, 1, TEST_READ_TIMEOUT));
+    s.notifications.post(LOCAL_AUTH_UI_PRESENTED);
+    s.notifications.post(SYNC_CANCEL_REQUEST);
+    assert_eq!(
+        rx.recv_timeout(TEST_READ_TIMEOUT).unwrap(),
+        LOCAL_AUTH_UI_PRESENTED
+    );
+    assert_eq!(
+        rx.recv_timeout(TEST_READ_TIMEOUT).unwrap(),
+        SYNC_CANCEL_REQUEST
+    );
+    watcher.stop().unwrap();
+    t.join().unwrap();
+    assert_eq!(s.notifications.observer_count(SYNC_CANCEL_REQUEST), 0);
+}

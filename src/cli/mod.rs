@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod backup_folder;
+mod sim;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +26,9 @@ pub enum Command {
     /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
     #[command(subcommand, name = "backup-folder")]
     BackupFolder(backup_folder::BackupFolderCommand),
+    /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -45,5 +49,6 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::BackupFolder(c) => backup_folder::run(c),
+        Command::Sim(c) => sim::run(c),
     }
 }

@@ -5,7 +5,7 @@ use crate::lockdown::client::{
     open_service, Error, LockdownClient, PairEvent, PairOptions, ServiceInfo, SessionInfo,
     DEFAULT_LABEL,
 };
-use crate::lockdown::pair_record::{HostIdentity, PairRecord, PairStore};
+use crate::lockdown::pair_record::{HostIdentity, PairRecord, PairRecordError, PairStore};
 use crate::lockdown::protocol::{LockdownError, LOCKDOWN_TYPE};
 use crate::transport::{BoxStream, DeviceConnector};
 use plist::Value;
@@ -114,8 +114,8 @@ fn pair_until(
 }
 
 /// QueryType → pair if this host has no record for the phone → StartSession (TLS) → on
-/// `InvalidHostID` (the phone forgot us): pair again once and retry. New records are saved in
-/// `store` before the session starts.
+/// `InvalidHostID` (the phone forgot us): pair again once and retry. An unreadable stored record
+/// counts as none. New records are saved in `store` before the session starts.
 pub fn open(
     conn: &dyn DeviceConnector,
     store: &dyn PairStore,
@@ -131,7 +131,13 @@ pub fn open(
     }
     let udid = conn.udid().to_string();
     let mut paired_now = false;
-    let mut record = match store.load(&udid)? {
+    let stored = match store.load(&udid) {
+        Ok(r) => r,
+        // A damaged record is as good as none: pairing again replaces it.
+        Err(PairRecordError::NotAPlist(_) | PairRecordError::MissingField(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut record = match stored {
         Some(r) => r,
         None => {
             let r = pair_until(&mut client, host, &opts.pair, deadline, events)?;

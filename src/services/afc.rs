@@ -26,12 +26,33 @@ pub const MAX_AFC_PACKET_LEN: u64 = 8 * 1024 * 1024 + AFC_HEADER_LEN as u64;
 pub const MAX_AFC_PATH_LEN: usize = 4096;
 /// Bytes this client asks for per Read request.
 pub const MAX_READ_CHUNK: u64 = 1024 * 1024;
+/// Read timeout set on the connection: a device answers every AFC request within seconds.
+pub const AFC_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most key/value pairs accepted in a GetFileInfo reply (a real one has about eight).
 pub const MAX_FILE_INFO_PAIRS: usize = 64;
 /// Most entries accepted in a ReadDirectory reply.
 pub const MAX_DIR_ENTRIES: usize = 100_000;
 /// The file the iTunes sync lock is taken on.
 pub const SYNC_LOCK_PATH: &str = "/com.apple.itunes.lock_sync";
+
+/// Where hosts look for the iTunes files copied into Info.plist (`iTunes Files`).
+pub const ITUNES_CONTROL_DIR: &str = "/iTunes_Control/iTunes";
+/// The files of [`ITUNES_CONTROL_DIR`] both real hosts read (each stat'ed, read when present).
+pub const ITUNES_FILES: [&str; 11] = [
+    "ApertureAlbumPrefs",
+    "IC-Info.sidb",
+    "IC-Info.sidv",
+    "PhotosFolderAlbums",
+    "PhotosFolderName",
+    "PhotosFolderPrefs",
+    "VoiceMemos.plist",
+    "iPhotoAlbumPrefs",
+    "iTunesApplicationIDs",
+    "iTunesPrefs",
+    "iTunesPrefs.plist",
+];
+/// The file copied into Info.plist as `iBooks Data 2`.
+pub const IBOOKS_DATA2_PATH: &str = "/Books/iBooksData2.plist";
 
 /// AFC operation codes (the `operation` header field).
 pub mod op {
@@ -844,8 +865,11 @@ pub struct AfcClient {
 }
 
 impl AfcClient {
-    /// A client over a started `com.apple.afc` connection.
+    /// A client over a started `com.apple.afc` connection. Sets [`AFC_READ_TIMEOUT`] on it.
     pub fn new(stream: BoxStream) -> Self {
+        if let Err(e) = stream.set_read_timeout(Some(AFC_READ_TIMEOUT)) {
+            tracing::debug!(error = %e, "afc: no read timeout on this connection");
+        }
         Self {
             stream,
             next_packet: 0,

@@ -10,6 +10,9 @@ use super::{dict_str, FrameReader, Polled};
 use crate::plist_frame::{write_frame, FrameError, PlistFormat};
 use crate::transport::BoxStream;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Posted by the host before it takes the sync lock.
@@ -51,6 +54,9 @@ pub const MAX_NOTIFICATION_NAME_LEN: usize = 1024;
 pub const MAX_FRAMES_BEFORE_PROXY_DEATH: usize = 1024;
 /// How long [`NotificationProxyClient::shutdown`] waits for ProxyDeath by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a [`NotificationWatcher`] thread checks whether it should stop.
+pub const WATCHER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Errors of the host notification_proxy client.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +201,56 @@ impl NotificationProxyClient {
             }
         }
         Err(NpError::NoProxyDeath)
+    }
+}
+
+/// A thread that forwards the notifications one connection observes (cancel requests,
+/// passcode prompts) while a backup runs. See [`NotificationProxyClient::spawn_watcher`].
+pub struct NotificationWatcher {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), NpError>>,
+}
+
+impl NotificationWatcher {
+    /// Stops the thread, which then shuts the proxy down (Shutdown → ProxyDeath); returns the
+    /// first error the thread met.
+    pub fn stop(self) -> Result<(), NpError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(NpError::UnexpectedMessage(
+                "the watcher thread panicked".into(),
+            )),
+        }
+    }
+}
+
+impl NotificationProxyClient {
+    /// Observes `names`, then hands every relayed notification to `on_relay` from a thread until
+    /// [`NotificationWatcher::stop`]. Needs a stream that honours read timeouts.
+    pub fn spawn_watcher(
+        mut self,
+        names: &[&str],
+        mut on_relay: impl FnMut(String) + Send + 'static,
+    ) -> Result<NotificationWatcher, NpError> {
+        for n in names {
+            self.observe(n)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("np-watcher".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match self.next_notification(WATCHER_POLL_INTERVAL) {
+                        Ok(Some(n)) => on_relay(n),
+                        Ok(None) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.shutdown(DEFAULT_SHUTDOWN_TIMEOUT)
+            })?;
+        Ok(NotificationWatcher { stop, thread })
     }
 }
 

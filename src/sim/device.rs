@@ -129,8 +129,14 @@ pub struct DeviceIdentity {
     pub serial_number: String,
     /// "aa:bb:cc:dd:ee:ff".
     pub wifi_address: String,
-    /// The ECID.
+    /// The ECID (the UDID's second half).
     pub unique_chip_id: u64,
+    /// The SoC's chip id (the UDID's first half), e.g. 0x8120.
+    pub chip_id: u32,
+    /// "aa:bb:cc:dd:ee:ff" (an iPhone's is its Wi-Fi address plus one).
+    pub bluetooth_address: String,
+    /// e.g. "Europe/London".
+    pub time_zone: String,
     /// "iPhone".
     pub device_class: String,
     /// e.g. "D73AP".
@@ -153,6 +159,9 @@ impl DeviceIdentity {
             serial_number: "F2LXK0Q1PLJ8".into(),
             wifi_address: "a4:c3:f0:12:34:56".into(),
             unique_chip_id: 0x001C_30E2_2E91_401E,
+            chip_id: 0x8120,
+            bluetooth_address: "a4:c3:f0:12:34:57".into(),
+            time_zone: "Europe/Berlin".into(),
             device_class: "iPhone".into(),
             hardware_model: "D73AP".into(),
             phone_number: Some("+1 (555) 010-0123".into()),
@@ -399,13 +408,10 @@ fn root_values(id: &DeviceIdentity, key: &DeviceKey) -> Dictionary {
         d.insert(k.to_string(), v);
     };
     put("ActivationState", "Activated".into());
-    put(
-        "BluetoothAddress",
-        bluetooth_address(&id.wifi_address).into(),
-    );
+    put("BluetoothAddress", id.bluetooth_address.clone().into());
     put("BuildVersion", id.build_version.clone().into());
     put("CPUArchitecture", "arm64e".into());
-    put("ChipID", Value::Integer((id.unique_chip_id >> 48).into()));
+    put("ChipID", Value::Integer(u64::from(id.chip_id).into()));
     put("DeviceClass", id.device_class.clone().into());
     put("DeviceColor", "1".into());
     put("DeviceName", id.device_name.clone().into());
@@ -425,7 +431,7 @@ fn root_values(id: &DeviceIdentity, key: &DeviceKey) -> Dictionary {
     put("RegionInfo", "LL/A".into());
     put("SerialNumber", id.serial_number.clone().into());
     put("TelephonyCapability", true.into());
-    put("TimeZone", "Europe/Berlin".into());
+    put("TimeZone", id.time_zone.clone().into());
     put("TrustedHostAttached", true.into());
     put("UniqueChipID", Value::Integer(id.unique_chip_id.into()));
     put("UniqueDeviceID", id.udid.clone().into());
@@ -443,24 +449,6 @@ fn root_values(id: &DeviceIdentity, key: &DeviceKey) -> Dictionary {
         put("MobileEquipmentIdentifier", v.clone().into());
     }
     d
-}
-
-/// The Bluetooth address of an iPhone is its Wi-Fi address plus one.
-fn bluetooth_address(wifi: &str) -> String {
-    let bytes: Vec<u8> = wifi
-        .split(':')
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    if bytes.len() != 6 {
-        return wifi.to_string();
-    }
-    let mut n = bytes.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
-    n = (n + 1) & 0xffff_ffff_ffff;
-    (0..6)
-        .rev()
-        .map(|i| format!("{:02x}", (n >> (8 * i)) & 0xff))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl SimDevice {
@@ -740,12 +728,6 @@ impl DeviceConnector for SimConnector {
 #[cfg(test)]
 mod sim_device_tests {
     use super::*;
-
-    #[test]
-    fn bluetooth_is_wifi_plus_one() {
-        assert_eq!(bluetooth_address("a4:c3:f0:12:34:56"), "a4:c3:f0:12:34:57");
-        assert_eq!(bluetooth_address("00:00:00:00:00:ff"), "00:00:00:00:01:00");
-    }
 
     #[test]
     fn unknown_port_is_refused() {

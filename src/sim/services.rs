@@ -16,7 +16,7 @@ use crate::services::{
     dict_str, FrameReader, Polled, AFC_SERVICE, INSTALLATION_PROXY_SERVICE,
     NOTIFICATION_PROXY_SERVICE, SPRINGBOARD_SERVICE,
 };
-use crate::sim::device::ServiceHandler;
+use crate::sim::device::{ServiceHandler, SimDevice};
 use crate::transport::BoxStream;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -561,7 +561,7 @@ impl FsInner {
         let Some(Node::File { data, mtime_ns, .. }) = self.nodes.get_mut(p) else {
             return Err(AfcStatus::OBJECT_NOT_FOUND);
         };
-        let total = self.bytes - data.len() as u64 + new.len() as u64;
+        let total = self.bytes.saturating_sub(data.len() as u64) + new.len() as u64;
         if total > MAX_SIM_AFC_BYTES {
             return Err(AfcStatus::NO_SPACE_LEFT);
         }
@@ -636,7 +636,7 @@ impl FsInner {
             Some(Node::Dir { .. }) if !self.children(p).is_empty() => Err(AfcStatus::DIR_NOT_EMPTY),
             Some(_) => {
                 if let Some(Node::File { data, .. }) = self.nodes.remove(p) {
-                    self.bytes -= data.len() as u64;
+                    self.bytes = self.bytes.saturating_sub(data.len() as u64);
                 }
                 Ok(())
             }
@@ -726,7 +726,9 @@ impl FsInner {
         if new.len() < end {
             new.resize(end, 0);
         }
-        new[at..end].copy_from_slice(&bytes);
+        if let Some(dst) = new.get_mut(at..end) {
+            dst.copy_from_slice(&bytes);
+        }
         self.set_contents(&path, new)?;
         if let Ok(f) = self.open_file(conn, h) {
             f.pos = end as u64;
@@ -1063,6 +1065,15 @@ impl SideServices {
             ),
             (SPRINGBOARD_SERVICE, springboard_handler()),
         ]
+    }
+}
+
+/// Registers notification_proxy, AFC, installation_proxy and springboardservices on `dev` under
+/// their real names, without TLS (measured to work with both real hosts). `side` stays with the
+/// caller, so that tests and the backup agent can post notifications and seed or inspect files.
+pub fn register_side_services(dev: &SimDevice, side: &SideServices) {
+    for (name, handler) in side.handlers() {
+        dev.register_service(name, false, handler);
     }
 }
 

@@ -1,0 +1,367 @@
+//! Names the synthetic phone is made of: apps, preference domains, system containers, words,
+//! odd file names. Plain data, chosen to look like a real iOS 17 device's backup.
+
+/// ASCII text that compressible content is cut from (rows, logs, notes, JSON values).
+pub(crate) const CORPUS: &str = "\
+The quick brown fox jumps over the lazy dog while the morning train to Cambridge waits at \
+platform four. Meeting moved to Thursday at 10:30, see the shared calendar for the dial-in \
+details and bring the printed agenda. Remember to pick up milk, eggs, bread, coffee beans \
+and the parcel from the post office before it closes at five. Heart rate 72 bpm resting, \
+steps 8412, active energy 412 kcal, stand hours 10, exercise minutes 34, distance 6.2 km. \
+Can you send me the photos from Saturday? The ones by the lake came out really well and \
+Grandma wants prints for the album. Flight BA 2490 departs 07:15 from Gatwick North Terminal, \
+gate closes 30 minutes before departure, seat 14C, baggage allowance one cabin bag. \
+Invoice 2025-0113 is due on receipt; payment by bank transfer to the account shown below. \
+Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt \
+ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco \
+laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in \
+voluptate velit esse cillum dolore eu fugiat nulla pariatur. Excepteur sint occaecat \
+cupidatat non proident, sunt in culpa qui officia deserunt mollit anim id est laborum. \
+Happy birthday! Hope you have a wonderful day, see you at the restaurant at eight tonight. \
+Running late, traffic on the ring road is terrible, save me a seat please. Thanks again for \
+dinner last night, the risotto was amazing and we should do it again soon. Reminder: dentist \
+appointment Monday 9:00, bring the insurance card. Battery health 91 percent, maximum \
+capacity, peak performance capability supported. Wi-Fi network HomeNet-5G joined, signal \
+strength excellent, channel 36, security WPA3 Personal. Weekly screen time report: average \
+3 hours 12 minutes per day, down 8 percent from last week. Parking paid until 18:45, zone \
+4417, vehicle registration on file. Package out for delivery, expected between 13:00 and \
+15:00, signature not required. ";
+
+pub(crate) const WORDS: &[&str] = &[
+    "account",
+    "alarm",
+    "album",
+    "archive",
+    "badge",
+    "banner",
+    "battery",
+    "bookmark",
+    "budget",
+    "cache",
+    "calendar",
+    "camera",
+    "channel",
+    "chat",
+    "cloud",
+    "config",
+    "contact",
+    "counter",
+    "draft",
+    "enabled",
+    "event",
+    "export",
+    "feature",
+    "filter",
+    "folder",
+    "gallery",
+    "history",
+    "identity",
+    "index",
+    "journal",
+    "keyboard",
+    "label",
+    "language",
+    "last",
+    "layout",
+    "library",
+    "locale",
+    "location",
+    "message",
+    "metrics",
+    "migration",
+    "mode",
+    "network",
+    "notes",
+    "offset",
+    "order",
+    "profile",
+    "queue",
+    "recent",
+    "region",
+    "reminder",
+    "session",
+    "settings",
+    "shared",
+    "snapshot",
+    "sound",
+    "state",
+    "status",
+    "storage",
+    "sync",
+    "theme",
+    "timer",
+    "token",
+    "version",
+    "volume",
+    "widget",
+    "window",
+    "zone",
+];
+
+/// Third-party apps a phone may carry: bundle id, display name, what kind of data it keeps.
+pub(crate) const APPS: &[(&str, &str, AppKind)] = &[
+    ("net.whatsapp.WhatsApp", "WhatsApp", AppKind::Messenger),
+    ("com.google.chrome.ios", "Chrome", AppKind::Browser),
+    ("com.spotify.client", "Spotify", AppKind::Media),
+    ("ph.telegra.Telegraph", "Telegram", AppKind::Messenger),
+    ("com.burbn.instagram", "Instagram", AppKind::Social),
+    ("org.mozilla.ios.Firefox", "Firefox", AppKind::Browser),
+    ("com.google.Gmail", "Gmail", AppKind::Tool),
+    ("org.whispersystems.signal", "Signal", AppKind::Messenger),
+    ("com.facebook.Facebook", "Facebook", AppKind::Social),
+    ("com.netflix.Netflix", "Netflix", AppKind::Media),
+    ("com.google.Maps", "Google Maps", AppKind::Tool),
+    ("com.microsoft.Office.Outlook", "Outlook", AppKind::Tool),
+    ("com.dropbox.Dropbox", "Dropbox", AppKind::Tool),
+    ("com.atebits.Tweetie2", "X", AppKind::Social),
+    ("com.zhiliaoapp.musically", "TikTok", AppKind::Social),
+    ("com.toyopagroup.picaboo", "Snapchat", AppKind::Social),
+    ("com.reddit.Reddit", "Reddit", AppKind::Social),
+    ("com.linkedin.LinkedIn", "LinkedIn", AppKind::Social),
+    ("com.duolingo.DuolingoMobile", "Duolingo", AppKind::Game),
+    ("com.shazam.Shazam", "Shazam", AppKind::Media),
+    ("com.ubercab.UberClient", "Uber", AppKind::Tool),
+    ("com.airbnb.app", "Airbnb", AppKind::Tool),
+    ("com.amazon.Amazon", "Amazon", AppKind::Tool),
+    ("com.google.ios.youtube", "YouTube", AppKind::Media),
+    ("com.skype.skype", "Skype", AppKind::Messenger),
+    ("com.microsoft.skydrive", "OneDrive", AppKind::Tool),
+    ("com.getdropbox.paper", "Paper", AppKind::Tool),
+    ("com.apple.Pages", "Pages", AppKind::Tool),
+    ("com.apple.Numbers", "Numbers", AppKind::Tool),
+    ("com.apple.Keynote", "Keynote", AppKind::Tool),
+    ("com.king.candycrushsaga", "Candy Crush Saga", AppKind::Game),
+    ("com.supercell.magic", "Clash of Clans", AppKind::Game),
+    ("com.strava.stravaride", "Strava", AppKind::Tool),
+    ("com.agilebits.onepassword-ios", "1Password", AppKind::Tool),
+    ("com.evernote.iPhone.Evernote", "Evernote", AppKind::Tool),
+    ("com.nytimes.NYTimes", "NYTimes", AppKind::Media),
+    ("com.bbc.news", "BBC News", AppKind::Media),
+    ("com.tinyspeck.chatlyio", "Slack", AppKind::Messenger),
+    ("us.zoom.videomeetings", "Zoom", AppKind::Messenger),
+    ("com.microsoft.skype.teams", "Teams", AppKind::Messenger),
+];
+
+/// Vendor and product words for apps beyond the list above (large profiles).
+pub(crate) const VENDORS: &[&str] = &[
+    "acme",
+    "bluebird",
+    "brightline",
+    "cobalt",
+    "driftwood",
+    "ember",
+    "fable",
+    "granite",
+    "harbor",
+    "ironleaf",
+    "juniper",
+    "kestrel",
+    "lumen",
+    "meridian",
+    "nimbus",
+    "orchard",
+    "pinecone",
+    "quartz",
+    "redwood",
+    "saffron",
+    "tidewater",
+    "umbra",
+    "vantage",
+    "willow",
+];
+pub(crate) const PRODUCTS: &[&str] = &[
+    "Budget",
+    "Camera",
+    "Chess",
+    "Diary",
+    "Fitness",
+    "Golf",
+    "Habits",
+    "Journal",
+    "Kitchen",
+    "Lingo",
+    "Maps",
+    "Notes",
+    "Pantry",
+    "Puzzle",
+    "Radio",
+    "Recipes",
+    "Scanner",
+    "Sleep",
+    "Solitaire",
+    "Tasks",
+    "Transit",
+    "Tuner",
+    "Weather",
+    "Wallet",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AppKind {
+    Messenger,
+    Browser,
+    Social,
+    Media,
+    Tool,
+    Game,
+}
+
+/// Apple apps whose (mostly empty) containers every backup lists.
+pub(crate) const APPLE_APPS: &[&str] = &[
+    "com.apple.mobilesafari",
+    "com.apple.MobileSMS",
+    "com.apple.mobilenotes",
+    "com.apple.Maps",
+    "com.apple.podcasts",
+    "com.apple.Health",
+    "com.apple.mobilecal",
+    "com.apple.mobilemail",
+    "com.apple.Music",
+    "com.apple.tv",
+    "com.apple.facetime",
+    "com.apple.findmy",
+    "com.apple.AppStore",
+    "com.apple.weather",
+    "com.apple.stocks",
+    "com.apple.reminders",
+    "com.apple.VoiceMemos",
+    "com.apple.camera",
+    "com.apple.news",
+    "com.apple.Translate",
+];
+
+/// System containers (SysContainerDomain-…).
+pub(crate) const SYS_CONTAINERS: &[&str] = &[
+    "com.apple.lsd",
+    "com.apple.geod",
+    "com.apple.akd",
+    "com.apple.apsd",
+    "com.apple.backboardd",
+    "com.apple.fitcored",
+    "com.apple.icloud.findmydeviced",
+    "com.apple.icloud.searchpartyd",
+    "com.apple.mobilesafari",
+    "com.apple.metrickitd",
+    "com.apple.fairplayd.H2",
+    "com.apple.ClipServices.clipserviced",
+    "com.apple.Preferences.indexSettingsManifests",
+    "com.apple.appstored",
+    "com.apple.siri.inference",
+    "com.apple.gamed",
+];
+
+/// Shared system containers (SysSharedContainerDomain-systemgroup.com.apple.…).
+pub(crate) const SYS_SHARED: &[&str] = &[
+    "systemgroup.com.apple.configurationprofiles",
+    "systemgroup.com.apple.bluetooth",
+    "systemgroup.com.apple.media.shared.books",
+    "systemgroup.com.apple.icloud.findmydevice.managed",
+    "systemgroup.com.apple.nsurlstoragedresources",
+    "systemgroup.com.apple.mobile.installationhelperlogs",
+    "systemgroup.com.apple.lsd.iconscache",
+    "systemgroup.com.apple.pisco.suinfo",
+];
+
+/// Preference domains found in HomeDomain Library/Preferences on a real device.
+pub(crate) const HOME_PREFS: &[&str] = &[
+    ".GlobalPreferences",
+    "com.apple.Accessibility",
+    "com.apple.AdLib",
+    "com.apple.AppStore",
+    "com.apple.AppSupport",
+    "com.apple.AssistantServices",
+    "com.apple.BTServer",
+    "com.apple.CloudKit",
+    "com.apple.CoreDuet",
+    "com.apple.EmojiCache",
+    "com.apple.EmojiPreferences",
+    "com.apple.GEO",
+    "com.apple.Maps",
+    "com.apple.Messages",
+    "com.apple.MobileSMS",
+    "com.apple.Preferences",
+    "com.apple.Safari.SafeBrowsing",
+    "com.apple.ScreenTimeAgent",
+    "com.apple.SpringBoard",
+    "com.apple.UIKit",
+    "com.apple.accountsd",
+    "com.apple.assistant.backedup",
+    "com.apple.assistant.support",
+    "com.apple.bulletinboard",
+    "com.apple.camera",
+    "com.apple.cloudd",
+    "com.apple.coreaudio",
+    "com.apple.corerecents.recentsd",
+    "com.apple.da",
+    "com.apple.duetexpertd",
+    "com.apple.email.maild",
+    "com.apple.findmy",
+    "com.apple.gamecenter",
+    "com.apple.healthd",
+    "com.apple.homed",
+    "com.apple.iCloudDriveApp",
+    "com.apple.identityservicesd",
+    "com.apple.imagent",
+    "com.apple.imessage",
+    "com.apple.itunescloud",
+    "com.apple.itunesstored",
+    "com.apple.keyboard",
+    "com.apple.locationd",
+    "com.apple.madrid",
+    "com.apple.mediaremoted",
+    "com.apple.mobilecal",
+    "com.apple.mobilenotes",
+    "com.apple.mobilephone",
+    "com.apple.mobileslideshow",
+    "com.apple.mobiletimer",
+    "com.apple.nanoregistry",
+    "com.apple.passd",
+    "com.apple.photoanalysisd",
+    "com.apple.purplebuddy",
+    "com.apple.routined",
+    "com.apple.searchd",
+    "com.apple.sharingd",
+    "com.apple.siri.shortcuts",
+    "com.apple.sleepd",
+    "com.apple.springboard.hs",
+    "com.apple.stocks",
+    "com.apple.weather",
+];
+
+/// Suffixes that make more preference domains for bigger profiles (`<domain>.<suffix>`).
+pub(crate) const PREF_SUFFIXES: &[&str] = &[
+    "plugin",
+    "daemon",
+    "agent",
+    "cloud",
+    "notbackedup",
+    "shared",
+    "state",
+    "defaults",
+];
+
+pub(crate) const FIRST_NAMES: &[&str] = &[
+    "Alex", "Sam", "Jordan", "María", "Zoë", "José", "Mei", "Anouk", "Björn", "Priya", "Noah",
+    "Aiko",
+];
+
+/// Names that stress every layer that handles paths: Unicode in both normal forms, emoji,
+/// CJK, quotes, shell metacharacters, leading dots, long components. Each is one path
+/// component; `{nfd}` marks the names that also appear decomposed in a sibling folder.
+pub(crate) const ODD_NAMES: &[&str] = &[
+    "Résumé (final) v2.pdf",
+    "日本語のメモ.txt",
+    "中文文档 2024.docx",
+    "한국어 파일.txt",
+    "📷 Holiday #1 & 'best' 100%.jpg",
+    "👨‍👩‍👧‍👦 family.heic",
+    "Invoice \"2025\" – copy.pdf",
+    ".hidden config",
+    "semi;colon,comma=equals+plus@at~tilde!bang$dollar.txt",
+    "back`tick {brace} [bracket] (paren).txt",
+    "name with  two  spaces .txt",
+    "...leading dots and trailing dots...",
+    "Ελληνικά και Кириллица.txt",
+    "עברית ועربية.txt",
+    "naïve café crème brûlée.md",
+];
