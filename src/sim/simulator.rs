@@ -9,9 +9,7 @@
 use crate::lockdown::certs::CertError;
 use crate::password::Password;
 use crate::sim::agent::{AgentConfig, BackupAgent};
-use crate::sim::device::{
-    DeviceIdentity, PairedHost, SimDevice, SimDeviceConfig, TrustPolicy,
-};
+use crate::sim::device::{DeviceIdentity, PairedHost, SimDevice, SimDeviceConfig, TrustPolicy};
 use crate::sim::phone::{Phone, Profile};
 use crate::sim::services::{sim_app, SideServices};
 use crate::usb::muxd::ServedDevice;
@@ -131,6 +129,9 @@ pub fn lockdown_identity(phone: &Phone) -> DeviceIdentity {
         serial_number: id.serial_number.clone(),
         wifi_address: id.wifi_address.clone(),
         unique_chip_id: id.unique_chip_id,
+        chip_id: id.chip_id,
+        bluetooth_address: id.bluetooth_address.clone(),
+        time_zone: id.time_zone.clone(),
         device_class: id.device_class.clone(),
         hardware_model: id.hardware_model.clone(),
         phone_number: opt(&id.phone_number),
@@ -167,7 +168,10 @@ impl Simulator {
             .collect();
         let side = SideServices::new(apps);
         if let Err(status) = side.afc.seed_itunes_files() {
-            tracing::warn!(?status, "simulator: the media partition could not be seeded");
+            tracing::warn!(
+                ?status,
+                "simulator: the media partition could not be seeded"
+            );
         }
         for (name, handler) in side.handlers() {
             device.register_service(name, false, handler);
@@ -358,7 +362,9 @@ fn load_state(device: &SimDevice, path: &Path) -> Result<(), SimulatorError> {
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        let d = h.as_dictionary().ok_or_else(|| bad("a paired host is not a dictionary"))?;
+        let d = h
+            .as_dictionary()
+            .ok_or_else(|| bad("a paired host is not a dictionary"))?;
         let need = |k: &str| data(d, k).ok_or_else(|| bad(&format!("a paired host has no {k}")));
         hosts.push(PairedHost {
             host_id: string(d, "HostID").ok_or_else(|| bad("a paired host has no HostID"))?,
