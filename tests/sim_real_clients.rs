@@ -149,7 +149,9 @@ fn decrypt(python: &Path, dir: &Path, password: &str) -> BTreeMap<(String, Strin
                 size: v["size"].as_u64().unwrap(),
             },
             Some("dir") => Row::Dir,
-            Some("link") => Row::Link { target: s("target") },
+            Some("link") => Row::Link {
+                target: s("target"),
+            },
             other => panic!("unexpected row kind {other:?}"),
         };
         rows.insert((s("domain"), s("path")), row);
@@ -191,7 +193,10 @@ fn assert_decrypts_to(python: &Path, dir: &Path, password: &str, phone: &Phone) 
         count(&want, |r| matches!(r, Row::Dir)),
         "directory count"
     );
-    assert!(count(&want, |r| matches!(r, Row::Link { .. })) > 0, "the phone has symlinks");
+    assert!(
+        count(&want, |r| matches!(r, Row::Link { .. })) > 0,
+        "the phone has symlinks"
+    );
     let mut problems = Vec::new();
     for (k, v) in &want {
         match got.get(k) {
@@ -280,9 +285,13 @@ fn idevicebackup2_full_incremental_and_encryption() {
     let out = tool(&info, &serve, &["-k", "UniqueDeviceID"]);
     assert_eq!(out.trim(), udid);
     let will_encrypt = |serve: &Serve| {
-        tool(&info, serve, &["-q", "com.apple.mobile.backup", "-k", "WillEncrypt"])
-            .trim()
-            .to_string()
+        tool(
+            &info,
+            serve,
+            &["-q", "com.apple.mobile.backup", "-k", "WillEncrypt"],
+        )
+        .trim()
+        .to_string()
     };
     assert_eq!(will_encrypt(&serve), "true");
 
@@ -312,10 +321,16 @@ fn idevicebackup2_full_incremental_and_encryption() {
     assert!(out.contains("Could not disable backup encryption"), "{out}");
     assert_eq!(will_encrypt(&serve), "true");
     let out = tool(&ib2, &serve, &["encryption", "off", "first password"]);
-    assert!(out.contains("Backup encryption has been disabled successfully"), "{out}");
+    assert!(
+        out.contains("Backup encryption has been disabled successfully"),
+        "{out}"
+    );
     assert_eq!(will_encrypt(&serve), "false");
     let out = tool(&ib2, &serve, &["encryption", "on", "second password"]);
-    assert!(out.contains("Backup encryption has been enabled successfully"), "{out}");
+    assert!(
+        out.contains("Backup encryption has been enabled successfully"),
+        "{out}"
+    );
     assert_eq!(will_encrypt(&serve), "true");
 
     // The new keys do not open the old backup: a full one, under the new password.
@@ -350,7 +365,12 @@ fn pymobiledevice3_full_incremental_and_change_password() {
     };
     let bdir = backups.to_str().unwrap();
 
-    let serve = Serve::start(SEED, 1, &state, EncryptionChoice::On(Password::new("pmd3 password")));
+    let serve = Serve::start(
+        SEED,
+        1,
+        &state,
+        EncryptionChoice::On(Password::new("pmd3 password")),
+    );
     let udid = serve.udid.clone();
     tool(&serve, &["backup2", "backup", "--full", bdir]);
     let (kind, _, _) = parse_report(&serve.report(1));
@@ -367,7 +387,15 @@ fn pymobiledevice3_full_incremental_and_change_password() {
     assert_eq!((files, removed), expected_changes(&day1, &day2));
     assert_decrypts_to(&peers.ibd, &backups.join(&udid), "pmd3 password", &day2);
 
-    tool(&serve, &["backup2", "change-password", "pmd3 password", "new pmd3 password"]);
+    tool(
+        &serve,
+        &[
+            "backup2",
+            "change-password",
+            "pmd3 password",
+            "new pmd3 password",
+        ],
+    );
     tool(&serve, &["backup2", "backup", bdir]);
     let (kind, _, _) = parse_report(&serve.report(2));
     assert_eq!(kind, "full");

@@ -12,7 +12,14 @@ use std::time::{Duration, Instant};
 /// Starts the command; returns the child and its ready line.
 fn start(state: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = common::cradle()
-        .args(["sim", "serve", "--listen", "127.0.0.1:0", "--profile", "tiny"])
+        .args([
+            "sim",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--profile",
+            "tiny",
+        ])
         .args(["--seed", "21", "--dpic", "1000", "--state-dir"])
         .arg(state)
         .args(extra)
