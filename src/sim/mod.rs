@@ -2,6 +2,7 @@
 //! the backup agent and the side services. The harness for every test and the demo.
 
 pub mod agent;
+pub mod backup;
 pub mod device;
 pub mod lockdownd;
 pub mod phone;
