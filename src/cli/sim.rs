@@ -24,8 +24,8 @@ pub enum SimCommand {
         /// Seed of the phone: same seed, profile and day give the same files on any machine.
         #[arg(long)]
         seed: u64,
-        /// Size: tiny (~120 entries, 3 MB), small (~1,400, 40 MB), medium (~15,000, 450 MB),
-        /// large (~150,000, 4.5 GB, one file over 1 GiB).
+        /// Size: tiny (~120 entries, 3.5 MB), small (~1,350, 40 MB), medium (~15,500, 480 MB),
+        /// large (~153,000, 4.5 GB, one file over 1 GiB).
         #[arg(long, default_value = "small")]
         profile: Profile,
         /// Day of the phone's life (1 = first; each later day adds, removes and changes files).

@@ -35,13 +35,13 @@ pub const MAX_COMPONENT_BYTES: usize = 255;
 /// How much the phone holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Profile {
-    /// About 80 entries and 3 MB: fast enough for every unit test.
+    /// About 120 entries and 3.5 MB: fast enough for every unit test.
     Tiny,
-    /// About 1,500 entries and 40 MB.
+    /// About 1,350 entries and 35–45 MB.
     Small,
-    /// About 15,000 entries and 400 MB.
+    /// About 15,500 entries and 480 MB.
     Medium,
-    /// About 150,000 entries and 4 GB, one database larger than 1 GiB.
+    /// About 153,000 entries and 4.5 GB, one database larger than 1 GiB.
     Large,
 }
 

@@ -112,11 +112,9 @@ mod tests {
     fn fixed_outputs() {
         // Pinned values: a change here changes every synthetic phone.
         let mut r = Rng::new(1);
-        let a = r.next_u64();
-        let b = r.next_u64();
-        assert_ne!(a, b);
-        assert_eq!(Rng::new(1).next_u64(), a);
-        assert_eq!(hash(&[1, 2]), hash(&[1, 2]));
+        assert_eq!(r.next_u64(), 0xf9d2_0113_ec80_c6d5);
+        assert_eq!(r.next_u64(), 0xd16e_236e_5cdc_6563);
+        assert_eq!(hash(&[1, 2]), 0xd6e8_8f93_60ad_a23c);
         assert_ne!(hash(&[1, 2]), hash(&[2, 1]));
     }
 
