@@ -3,6 +3,7 @@
 
 pub mod bplist;
 pub mod cbc_stream;
+pub mod folder;
 pub mod kdf;
 pub mod keybag;
 pub mod keywrap;

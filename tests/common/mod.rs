@@ -1,0 +1,148 @@
+//! Helpers shared by the integration tests: the real peer tools (where they are, and whether a
+//! missing one fails or skips the test), the `cradle` binary, and tree comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The crate root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `cradle` binary built for this test run.
+pub fn cradle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cradle"))
+}
+
+/// Where the test command installed the Python peers (one venv per tool).
+pub fn peers_dir() -> PathBuf {
+    std::env::var_os("CRADLE_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/peers"))
+}
+
+/// True when the test command asked for every peer to be present (CI): a missing peer then fails.
+pub fn peers_required() -> bool {
+    std::env::var("CRADLE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// The python of a peer venv (`ibd`, `mvt`, `pmd3`), or None (after saying so) when it is absent
+/// and not required. Panics when it is required and absent.
+pub fn peer_python(venv: &str) -> Option<PathBuf> {
+    peer_bin(venv, "python")
+}
+
+/// A program inside a peer venv.
+pub fn peer_bin(venv: &str, program: &str) -> Option<PathBuf> {
+    let p = peers_dir().join(venv).join("bin").join(program);
+    if p.exists() {
+        return Some(p);
+    }
+    if peers_required() {
+        panic!(
+            "peer {venv}/{program} is missing at {}: run scripts/test to install it",
+            p.display()
+        );
+    }
+    eprintln!("SKIP: peer {venv}/{program} not installed (scripts/test installs it)");
+    None
+}
+
+/// A Debian program such as `idevicebackup2`, or None (after saying so) when absent and not required.
+pub fn system_bin(program: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = Path::new(dir).join(program);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if peers_required() {
+        panic!("{program} is missing: run scripts/test to install it");
+    }
+    eprintln!("SKIP: {program} not installed (scripts/test installs it)");
+    None
+}
+
+/// What a plaintext tree holds: relative path → entry.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum TreeEntry {
+    Dir,
+    File { sha256: String, size: u64 },
+    Link { target: String },
+}
+
+/// Walks `dir` (not following symlinks) into a map of relative paths.
+pub fn read_tree(dir: &Path) -> BTreeMap<String, TreeEntry> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read_dir {}: {e}", d.display())) {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(
+                    rel,
+                    TreeEntry::Link {
+                        target: t.to_string_lossy().into_owned(),
+                    },
+                );
+            } else if md.is_dir() {
+                out.insert(rel, TreeEntry::Dir);
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+                out.insert(
+                    rel,
+                    TreeEntry::File {
+                        sha256,
+                        size: bytes.len() as u64,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two trees are equal, listing the first differences readably.
+pub fn assert_trees_equal(
+    expected: &BTreeMap<String, TreeEntry>,
+    actual: &BTreeMap<String, TreeEntry>,
+    what: &str,
+) {
+    let mut problems = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            None => problems.push(format!("missing: {k}")),
+            Some(a) if a != v => problems.push(format!("differs: {k}: expected {v:?}, got {a:?}")),
+            _ => {}
+        }
+    }
+    for k in actual.keys() {
+        if !expected.contains_key(k) {
+            problems.push(format!("unexpected: {k}"));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(20);
+        panic!(
+            "{what}: {n} differences, first ones:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+}
+
+/// A password file in `dir` holding `pw`.
+pub fn password_file(dir: &Path, pw: &str) -> PathBuf {
+    let p = dir.join("password");
+    std::fs::write(&p, format!("{pw}\n")).unwrap();
+    p
+}
