@@ -95,6 +95,8 @@ pub struct Progress {
 #[non_exhaustive]
 pub enum BackupEvent {
     Phase(Phase),
+    /// Pairing with the phone ("Trust This Computer?").
+    Pairing(crate::lockdown::PairEvent),
     Progress(Progress),
     /// A file arrived complete.
     FileReceived {
@@ -601,6 +603,12 @@ impl Mb2Session {
         self.conn.side = Some(rx);
     }
 
+    /// Hands side events still queued to `events` (call after the source has stopped, so
+    /// nothing it sent is lost).
+    pub fn deliver_side_events(&mut self, events: &mut dyn FnMut(BackupEvent)) {
+        self.conn.drain_side(events);
+    }
+
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
@@ -685,7 +693,9 @@ impl Mb2Session {
                     transferring: false,
                     last_progress_bytes: 0,
                 };
-                let response = run.dl_loop(&mut self.conn)?;
+                let response = run.dl_loop(&mut self.conn);
+                self.conn.drain_side(run.events);
+                let response = response?;
                 Ok(OperationOutcome {
                     response,
                     summary: run.summary,

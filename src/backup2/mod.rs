@@ -8,6 +8,7 @@ pub mod dl;
 pub mod file_stream;
 pub mod host;
 pub mod messages;
+pub mod run;
 pub mod target;
 
 pub use file_stream::{FileHeader, FileStreamReader, FileStreamWriter, StreamEvent, StreamKind};
