@@ -43,9 +43,25 @@ pub enum BplistError {
     /// A collection contains itself, directly or indirectly.
     #[error("object {index} contains itself")]
     Cycle { index: usize },
-    /// Expanded as a tree the plist would exceed a node or depth cap.
-    #[error("the plist expands to more than {max_nodes} values or {max_depth} levels")]
-    TooComplex { max_nodes: u64, max_depth: usize },
+    /// Expanded as a tree the plist would exceed a value, byte or depth cap.
+    #[error(
+        "the plist expands beyond {} values, {} bytes or {} levels",
+        .0.max_values,
+        .0.max_bytes,
+        .0.max_depth
+    )]
+    TooComplex(ExpansionLimits),
+}
+
+/// Caps on a plist expanded as a tree; see [`Bplist::check_complexity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpansionLimits {
+    /// Values (every scalar and collection, counted once per use).
+    pub max_values: u64,
+    /// String and data payload bytes, counted once per use.
+    pub max_bytes: u64,
+    /// Nesting levels (a lone scalar is one level).
+    pub max_depth: usize,
 }
 
 /// A parsed binary plist: the trailer and offset table, with objects decoded on demand.
@@ -365,63 +381,68 @@ impl<'a> Bplist<'a> {
         })
     }
 
-    /// Direct children of object `index` (keys then values for a dictionary).
-    fn children(&self, index: usize) -> Result<Vec<usize>, BplistError> {
-        match self.object(index)? {
-            Object::Array(r) | Object::Set(r) => r.iter().collect(),
-            Object::Dict { keys, values } => keys.iter().chain(values.iter()).collect(),
-            _ => Ok(Vec::new()),
-        }
+    /// Direct children of object `index` (keys then values for a dictionary) and the bytes
+    /// of its own payload (string or data length).
+    fn children(&self, index: usize) -> Result<(Vec<usize>, u64), BplistError> {
+        Ok(match self.object(index)? {
+            Object::Array(r) | Object::Set(r) => (r.iter().collect::<Result<_, _>>()?, 0),
+            Object::Dict { keys, values } => (
+                keys.iter().chain(values.iter()).collect::<Result<_, _>>()?,
+                0,
+            ),
+            Object::Data(d) => (Vec::new(), d.len() as u64),
+            Object::String(s) => (Vec::new(), s.len() as u64),
+            _ => (Vec::new(), 0),
+        })
     }
 
-    /// Checks that the plist, expanded as a tree from its top object, has at most `max_nodes`
-    /// values and `max_depth` levels, and no cycles. Shared objects count once per use, which is
-    /// what a tree-building parser would allocate; this runs in time linear in the object graph.
-    pub fn check_complexity(&self, max_nodes: u64, max_depth: usize) -> Result<(), BplistError> {
+    /// Checks that the plist, expanded as a tree from its top object (what a tree-building
+    /// parser allocates: shared objects count once per use), stays within `limits`, and has no
+    /// cycles. Runs in time linear in the object graph, whatever the expanded size.
+    pub fn check_complexity(&self, limits: ExpansionLimits) -> Result<(), BplistError> {
         const UNSEEN: u8 = 0;
         const ON_STACK: u8 = 1;
         const DONE: u8 = 2;
-        let too_complex = BplistError::TooComplex {
-            max_nodes,
-            max_depth,
-        };
+        let too_complex = BplistError::TooComplex(limits);
         let n = self.num_objects;
         let mut state = vec![UNSEEN; n];
-        let mut nodes = vec![0u64; n];
-        let mut depth = vec![0usize; n];
-        // Iterative post-order walk: (object, its children, next child position).
-        let mut stack: Vec<(usize, Vec<usize>, usize)> = Vec::new();
+        // Expanded (values, payload bytes, depth) of each finished object.
+        let mut size = vec![(0u64, 0u64, 0usize); n];
+        // Iterative post-order walk: (object, its children, its own bytes, next child position).
+        let mut stack: Vec<(usize, Vec<usize>, u64, usize)> = Vec::new();
         state[self.top] = ON_STACK;
-        stack.push((self.top, self.children(self.top)?, 0));
+        let (children, bytes) = self.children(self.top)?;
+        stack.push((self.top, children, bytes, 0));
         while let Some(frame) = stack.last_mut() {
-            let (index, children, next) = (frame.0, &frame.1, frame.2);
-            if let Some(&child) = children.get(next) {
-                frame.2 += 1;
+            if let Some(&child) = frame.1.get(frame.3) {
+                frame.3 += 1;
                 match state[child] {
                     ON_STACK => return Err(BplistError::Cycle { index: child }),
                     DONE => {}
                     _ => {
-                        if stack.len() >= max_depth {
+                        if stack.len() >= limits.max_depth {
                             return Err(too_complex);
                         }
                         state[child] = ON_STACK;
-                        let grandchildren = self.children(child)?;
-                        stack.push((child, grandchildren, 0));
+                        let (grandchildren, bytes) = self.children(child)?;
+                        stack.push((child, grandchildren, bytes, 0));
                     }
                 }
                 continue;
             }
-            let mut total = 1u64;
-            let mut deepest = 0usize;
+            let (index, children, own_bytes, _) = (frame.0, &frame.1, frame.2, frame.3);
+            let (mut values, mut bytes, mut deepest) = (1u64, own_bytes, 0usize);
             for &child in children {
-                total = total.saturating_add(nodes[child]);
-                deepest = deepest.max(depth[child]);
+                let (v, b, d) = size[child];
+                values = values.saturating_add(v);
+                bytes = bytes.saturating_add(b);
+                deepest = deepest.max(d);
             }
-            if total > max_nodes || deepest + 1 > max_depth {
+            if values > limits.max_values || bytes > limits.max_bytes || deepest >= limits.max_depth
+            {
                 return Err(too_complex);
             }
-            nodes[index] = total;
-            depth[index] = deepest + 1;
+            size[index] = (values, bytes, deepest + 1);
             state[index] = DONE;
             stack.pop();
         }
@@ -692,6 +713,37 @@ mod tests {
         assert_ne!(i, j);
     }
 
+    const LIMITS: ExpansionLimits = ExpansionLimits {
+        max_values: 1_000_000,
+        max_bytes: 1_000_000,
+        max_depth: 100,
+    };
+
+    #[test]
+    fn shared_large_string_counts_once_per_use() {
+        // An array referencing one 100 KB string 100 times: 10 MB expanded.
+        let mut w = BplistWriter::new();
+        let top = w.reserve();
+        let s = w.string(&"x".repeat(100_000));
+        w.set_array(top, vec![s; 100]);
+        let bytes = w.finish(top);
+        let p = Bplist::parse(&bytes).unwrap();
+        assert!(matches!(
+            p.check_complexity(LIMITS),
+            Err(BplistError::TooComplex(_))
+        ));
+        let roomy = ExpansionLimits {
+            max_bytes: 20_000_000,
+            ..LIMITS
+        };
+        p.check_complexity(roomy).unwrap();
+        let shallow = ExpansionLimits {
+            max_depth: 1,
+            ..roomy
+        };
+        assert!(p.check_complexity(shallow).is_err());
+    }
+
     /// A chain of arrays that each reference the next one twice expands to 2^n values.
     fn doubling_chain(levels: usize) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
@@ -720,14 +772,14 @@ mod tests {
         let bytes = doubling_chain(60);
         let p = Bplist::parse(&bytes).unwrap();
         assert!(matches!(
-            p.check_complexity(1_000_000, 1000),
-            Err(BplistError::TooComplex { .. })
+            p.check_complexity(LIMITS),
+            Err(BplistError::TooComplex(_))
         ));
         // The same shape, small, passes.
         let small = doubling_chain(5);
         Bplist::parse(&small)
             .unwrap()
-            .check_complexity(1_000, 100)
+            .check_complexity(LIMITS)
             .unwrap();
     }
 
@@ -744,7 +796,7 @@ mod tests {
         bytes.extend_from_slice(&table.to_be_bytes());
         let p = Bplist::parse(&bytes).unwrap();
         assert_eq!(
-            p.check_complexity(100, 100),
+            p.check_complexity(LIMITS),
             Err(BplistError::Cycle { index: 0 })
         );
     }

@@ -664,7 +664,8 @@ fn text_column(column: Column<String>, name: &'static str, max: usize) -> Result
 pub struct Rows<'db> {
     db: &'db ManifestDb,
     domain: Option<String>,
-    after_rowid: i64,
+    /// Lowest rowid of the next batch.
+    next_rowid: i64,
     pending: VecDeque<RawRow>,
     exhausted: bool,
     failed: bool,
@@ -675,7 +676,7 @@ impl<'db> Rows<'db> {
         Rows {
             db,
             domain,
-            after_rowid: i64::MIN,
+            next_rowid: i64::MIN,
             pending: VecDeque::new(),
             exhausted: false,
             failed: false,
@@ -688,28 +689,31 @@ impl<'db> Rows<'db> {
         } else {
             ""
         };
-        let sql = format!("{ROW_SELECT} WHERE rowid > ?3{filter} ORDER BY rowid LIMIT ?4");
+        let sql = format!("{ROW_SELECT} WHERE rowid >= ?3{filter} ORDER BY rowid LIMIT ?4");
         let mut stmt = self.db.conn.prepare_cached(&sql)?;
         let caps = (MAX_MBFILE_LEN as i64, TEXT_CAP as i64);
         let mut rows = match &self.domain {
             Some(d) => stmt.query(params![
                 caps.0,
                 caps.1,
-                self.after_rowid,
+                self.next_rowid,
                 BATCH_ROWS as i64,
                 d
             ])?,
-            None => stmt.query(params![caps.0, caps.1, self.after_rowid, BATCH_ROWS as i64])?,
+            None => stmt.query(params![caps.0, caps.1, self.next_rowid, BATCH_ROWS as i64])?,
         };
         let mut fetched = 0usize;
         let mut bytes = 0usize;
         while let Some(row) = rows.next()? {
             let raw = RawRow::read(row)?;
-            self.after_rowid = raw.rowid;
+            match raw.rowid.checked_add(1) {
+                Some(next) => self.next_rowid = next,
+                None => self.exhausted = true,
+            }
             bytes += raw.blob_len();
             fetched += 1;
             self.pending.push_back(raw);
-            if bytes >= BATCH_BYTES {
+            if bytes >= BATCH_BYTES || self.exhausted {
                 // Stop early; the next batch resumes after this rowid.
                 return Ok(());
             }
@@ -764,7 +768,12 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 fn immutable_uri(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut uri = String::from("file:");
-    for &b in path.as_os_str().as_bytes() {
+    let mut bytes = path.as_os_str().as_bytes();
+    // "file://x" would make "x" a URI authority: keep a single leading slash.
+    while bytes.starts_with(b"//") {
+        bytes = &bytes[1..];
+    }
+    for &b in bytes {
         if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
             uri.push(char::from(b));
         } else {
@@ -1252,6 +1261,26 @@ mod tests {
     }
 
     #[test]
+    fn extreme_rowids_are_all_visited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Manifest.db");
+        hostile_db(&path, &[]);
+        let conn = Connection::open(&path).unwrap();
+        for (rowid, name) in [(i64::MIN, "a"), (-1, "b"), (i64::MAX, "c")] {
+            let f = file(name, 0o100644, 1);
+            conn.execute(
+                "INSERT INTO Files (rowid, fileID, domain, relativePath, flags, file) VALUES (?1, ?2, 'D', ?3, 1, ?4)",
+                params![rowid, file_id("D", name), name, f.encode()],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let db = ManifestDb::open(&path).unwrap();
+        let names: Vec<String> = db.rows().map(|r| r.unwrap().relative_path).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
     fn short_bad_file_id_is_refused_by_shape() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Manifest.db");
@@ -1374,6 +1403,10 @@ mod tests {
         assert_eq!(
             immutable_uri(Path::new("/a b/c?d#e%f")),
             "file:/a%20b/c%3Fd%23e%25f?mode=ro&immutable=1"
+        );
+        assert_eq!(
+            immutable_uri(Path::new("//x/y")),
+            "file:/x/y?mode=ro&immutable=1"
         );
     }
 }

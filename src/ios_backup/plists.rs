@@ -7,13 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use plist::{Date, Dictionary, Value};
 
-use super::bplist::{Bplist, BplistError, MAGIC};
+use super::bplist::{Bplist, BplistError, ExpansionLimits, MAGIC};
 
 /// Largest plist file read. Info.plist carries app metadata and icons (a few MB on a full
 /// phone); Manifest.plist and Status.plist are far smaller.
 pub const MAX_PLIST_LEN: usize = 64 * 1024 * 1024;
 /// Most values a plist may expand to (shared objects counted once per use).
 pub const MAX_PLIST_NODES: u64 = 4_000_000;
+/// Most string and data bytes a plist may expand to (shared objects counted once per use).
+pub const MAX_PLIST_EXPANDED_BYTES: u64 = 256 * 1024 * 1024;
 /// Deepest nesting accepted; real backup plists nest a handful of levels.
 pub const MAX_PLIST_DEPTH: usize = 128;
 
@@ -153,7 +155,13 @@ fn parse_dictionary(bytes: &[u8], path: &Path) -> Result<Dictionary, PlistError>
     // its expanded size before building anything.
     if bytes.starts_with(MAGIC) {
         Bplist::parse(bytes)
-            .and_then(|p| p.check_complexity(MAX_PLIST_NODES, MAX_PLIST_DEPTH))
+            .and_then(|p| {
+                p.check_complexity(ExpansionLimits {
+                    max_values: MAX_PLIST_NODES,
+                    max_bytes: MAX_PLIST_EXPANDED_BYTES,
+                    max_depth: MAX_PLIST_DEPTH,
+                })
+            })
             .map_err(|source| PlistError::Malformed {
                 path: path.to_path_buf(),
                 source,
