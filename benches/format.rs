@@ -7,6 +7,11 @@ use cradle::ios_backup::kdf;
 use std::time::Instant;
 
 fn main() {
+    // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("format benchmarks: run with `cargo bench --bench format`");
+        return;
+    }
     // `cargo bench` passes `--bench`; any other argument filters by name.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));

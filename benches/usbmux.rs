@@ -136,6 +136,11 @@ fn links(total: usize) -> (f64, f64) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("usbmux benchmark: run with `cargo bench --bench usbmux`");
+        return;
+    }
     // `cargo bench` passes `--bench`; other arguments select nothing here.
     let mib: usize = std::env::var("CRADLE_BENCH_MIB")
         .ok()
