@@ -285,3 +285,33 @@ fn unix_socket_listener_works() {
     s.shutdown();
     assert!(!path.exists());
 }
+
+#[test]
+fn client_count_is_capped() {
+    let (s, c) = server(None);
+    let ListenAddr::Tcp(a) = s.local_addr() else {
+        unreachable!()
+    };
+    // Idle clients up to the cap; each is known to be served once it answers a request.
+    let mut idle = Vec::new();
+    for _ in 0..muxd::server::MAX_CLIENTS {
+        let mut t = std::net::TcpStream::connect(a).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut d = plist::Dictionary::new();
+        d.insert("MessageType".into(), "ReadBUID".into());
+        t.write_all(&muxd::encode_plist(1, &plist::Value::Dictionary(d)))
+            .unwrap();
+        muxd::read_message(&mut t, muxd::MAX_MESSAGE_LEN).unwrap();
+        idle.push(t);
+    }
+    assert!(
+        c.list_devices().is_err(),
+        "a client over the cap was served"
+    );
+    drop(idle);
+    // Slots free up as the server notices the hang-ups.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.list_devices().is_err() {
+        assert!(std::time::Instant::now() < deadline, "slots never freed");
+    }
+}

@@ -25,6 +25,13 @@ const CONNECTION_SPEED: u64 = 480_000_000;
 /// How long an event write to a Listen client may block before that listener is dropped.
 const LISTENER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most client connections served at once (request sockets and Listen sockets; sockets handed
+/// to a device after Connect no longer count). Further clients are closed at once.
+pub const MAX_CLIENTS: usize = 256;
+
+/// A request socket idle this long between requests is closed.
+const REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Longest UDID accepted as a pair-record key (real ones are 25 or 40 characters).
 const MAX_UDID_LEN: usize = 64;
 
@@ -121,6 +128,7 @@ struct Shared {
     buid: String,
     pair_dir: Option<PathBuf>,
     stop: AtomicBool,
+    clients: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -191,6 +199,7 @@ impl MuxdServer {
             buid,
             pair_dir: pair_record_dir,
             stop: AtomicBool::new(false),
+            clients: std::sync::atomic::AtomicUsize::new(0),
         });
         let handle = MuxdServerHandle {
             shared: shared.clone(),
@@ -453,11 +462,20 @@ fn accept_loop(listener: BoundListener, shared: Arc<Shared>) {
         }
         match sock {
             Ok(sock) => {
+                if shared.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    shared.clients.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("usbmuxd facade: {MAX_CLIENTS} clients already; closing one");
+                    continue;
+                }
                 let s2 = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("muxd-client".into())
-                    .spawn(move || serve_client(sock, s2));
+                    .spawn(move || {
+                        serve_client(sock, &s2);
+                        s2.clients.fetch_sub(1, Ordering::SeqCst);
+                    });
                 if let Err(e) = spawned {
+                    shared.clients.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!("usbmuxd facade: cannot start a client thread: {e}");
                 }
             }
@@ -480,7 +498,8 @@ enum Next {
     Close,
 }
 
-fn serve_client(mut sock: Socket, shared: Arc<Shared>) {
+fn serve_client(mut sock: Socket, shared: &Arc<Shared>) {
+    let _ = sock.set_read_timeout(Some(REQUEST_IDLE_TIMEOUT));
     loop {
         let (header, body) = match read_message(&mut sock, MAX_MESSAGE_LEN) {
             Ok(m) => m,
@@ -492,10 +511,10 @@ fn serve_client(mut sock: Socket, shared: Arc<Shared>) {
         };
         let next = match header.version {
             VERSION_PLIST if header.message == message::PLIST => {
-                handle_plist(&mut sock, &shared, header.tag, &body)
+                handle_plist(&mut sock, shared, header.tag, &body)
             }
             VERSION_PLIST => reply_plist(&mut sock, header.tag, &result_plist(result::BADCOMMAND)),
-            VERSION_BINARY => handle_binary(&mut sock, &shared, header.message, header.tag, &body),
+            VERSION_BINARY => handle_binary(&mut sock, shared, header.message, header.tag, &body),
             _ => reply_binary(&mut sock, header.tag, result::BADVERSION),
         };
         match next {
@@ -694,6 +713,7 @@ fn start_listening(sock: &mut Socket, shared: &Arc<Shared>, tag: u32, binary: bo
     }
     st.listeners.push(listener);
     drop(st);
+    let _ = sock.set_read_timeout(None);
     // The client sends nothing more; a read returning means it hung up. Keep the thread parked
     // on the socket so the listener is dropped at the next failed event write.
     let mut scratch = [0u8; 64];
@@ -733,6 +753,10 @@ fn connect(
     let Ok(stream_sock) = sock.try_clone() else {
         return Next::Close;
     };
+    // The request idle timeout must not leak into the device stream.
+    if stream_sock.set_read_timeout(None).is_err() {
+        return Next::Close;
+    }
     // The service may start writing as soon as it has the stream, but the client must see
     // Result 0 first; the gate holds the service's writes until the reply is out.
     let gate = Arc::new(Gate::default());
