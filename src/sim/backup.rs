@@ -136,6 +136,12 @@ impl<'p> SimBackup<'p> {
         self.keys.is_some()
     }
 
+    /// The unlocked keybag, when encrypted: its KEK opens this phone's earlier backups (the
+    /// backup agent reads the previous Manifest.db with it to back up incrementally).
+    pub fn unlocked_keybag(&self) -> Option<&UnlockedKeybag> {
+        self.keys.as_ref().map(|k| &k.unlocked)
+    }
+
     /// The keybag, when encrypted.
     pub fn keybag(&self) -> Option<&Keybag> {
         self.keys.as_ref().map(|k| &k.keybag)

@@ -1,8 +1,10 @@
 //! The simulated iPhone: a deterministic synthetic phone and the device side of usbmux, lockdownd,
 //! the backup agent and the side services. The harness for every test and the demo.
 
+pub mod agent;
 pub mod backup;
 pub mod device;
 pub mod lockdownd;
 pub mod phone;
 pub mod services;
+pub mod simulator;
