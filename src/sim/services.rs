@@ -9,7 +9,7 @@
 use crate::plist_frame::{read_frame_max, write_frame, FrameError, PlistFormat};
 use crate::services::afc::{
     encode_dir_listing, read_packet, write_packet, AfcCodecError, AfcReadError, AfcReply,
-    AfcRequest, AfcStatus, FileHandle, FileInfo, FileKind, LockOp, OpenMode, MAX_AFC_PACKET_LEN,
+    AfcRequest, AfcStatus, FileHandle, FileInfo, FileKind, LockOp, OpenMode,
 };
 use crate::services::notification_proxy::{MAX_NOTIFICATION_NAME_LEN, MAX_NP_FRAME_LEN};
 use crate::services::{
@@ -277,8 +277,12 @@ pub const MAX_SIM_AFC_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_SIM_AFC_NODES: usize = 10_000;
 /// Most files one connection may have open.
 pub const MAX_OPEN_FILES_PER_CONNECTION: usize = 256;
-/// Most bytes returned by one Read (hosts ask for at most 1 MiB; a short read is legal).
-pub const MAX_SIM_READ_LEN: u64 = 4 * 1024 * 1024;
+/// Most bytes returned by one Read (pymobiledevice3 asks for up to 4 MiB and takes a short read
+/// as the end of the file, so this must not be smaller).
+pub const MAX_SIM_READ_LEN: u64 = 8 * 1024 * 1024;
+/// Largest packet the simulated AFC accepts: pymobiledevice3 writes a whole file in one packet
+/// (up to 1 GiB), so writes up to the partition's size are let through.
+pub const MAX_SIM_AFC_PACKET_LEN: u64 = MAX_SIM_AFC_BYTES + 40;
 /// The simulated clock's default: 2024-06-01T00:00:00Z, in nanoseconds.
 pub const SIM_AFC_DEFAULT_TIME_NS: u64 = 1_717_200_000_000_000_000;
 
@@ -799,7 +803,7 @@ fn serve_afc(fs: &SimAfcFs, mut stream: BoxStream) {
         conn: fs.connect(),
     };
     loop {
-        let p = match read_packet(&mut stream, MAX_AFC_PACKET_LEN) {
+        let p = match read_packet(&mut stream, MAX_SIM_AFC_PACKET_LEN) {
             Ok(p) => p,
             Err(AfcReadError::Eof) => return,
             Err(AfcReadError::Malformed { packet_num, error }) => {
@@ -875,8 +879,9 @@ pub fn sim_app(bundle_id: &str, display_name: &str, from_store: bool) -> plist::
 }
 
 /// installation_proxy: Browse → BrowsingApplications replies of up to [`DEFAULT_BROWSE_BATCH`]
-/// apps (at least one reply, possibly empty), then Complete. Apps are filtered by
-/// `ClientOptions.ApplicationType` and trimmed to `ReturnAttributes`.
+/// apps (at least one reply, possibly empty), then Complete; Lookup → one `LookupResult`. Apps
+/// are filtered by `ClientOptions.ApplicationType` and `BundleIDs` and trimmed to
+/// `ReturnAttributes`.
 pub fn installation_proxy_handler(apps: Arc<Vec<plist::Dictionary>>) -> ServiceHandler {
     installation_proxy_handler_batched(apps, DEFAULT_BROWSE_BATCH)
 }
@@ -925,27 +930,25 @@ fn error_reply(error: &str, description: &str) -> plist::Value {
     d.into()
 }
 
-fn browse(apps: &[plist::Dictionary], batch: usize, req: &plist::Value) -> Vec<plist::Value> {
-    if dict_str(req, "Command") != Some("Browse") {
-        return vec![error_reply(
-            "UnknownCommand",
-            "the simulator only answers Browse",
-        )];
-    }
+/// The apps a Browse or Lookup selects (`ApplicationType`, `BundleIDs`), trimmed to
+/// `ReturnAttributes`.
+fn select_apps(apps: &[plist::Dictionary], req: &plist::Value) -> Vec<plist::Dictionary> {
     let opts = req
         .as_dictionary()
         .and_then(|d| d.get("ClientOptions"))
         .and_then(|o| o.as_dictionary());
+    let opt_strings = |key: &str| -> Option<Vec<&str>> {
+        opts.and_then(|o| o.get(key))
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_string()).collect())
+    };
     let kind = opts
         .and_then(|o| o.get("ApplicationType"))
         .and_then(|t| t.as_string())
         .unwrap_or("Any");
-    let attrs: Option<Vec<&str>> = opts
-        .and_then(|o| o.get("ReturnAttributes"))
-        .and_then(|a| a.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_string()).collect());
-    let selected: Vec<plist::Value> = apps
-        .iter()
+    let attrs = opt_strings("ReturnAttributes");
+    let ids = opt_strings("BundleIDs");
+    apps.iter()
         .filter(|a| {
             let t = a
                 .get("ApplicationType")
@@ -953,13 +956,51 @@ fn browse(apps: &[plist::Dictionary], batch: usize, req: &plist::Value) -> Vec<p
                 .unwrap_or("User");
             kind == "Any" || t == kind
         })
+        .filter(|a| {
+            let id = a.get("CFBundleIdentifier").and_then(|i| i.as_string());
+            ids.as_ref()
+                .is_none_or(|ids| id.is_some_and(|id| ids.contains(&id)))
+        })
         .map(|a| {
             let mut out = a.clone();
             if let Some(attrs) = &attrs {
                 out.retain(|k, _| attrs.contains(&k.as_str()));
             }
-            out.into()
+            out
         })
+        .collect()
+}
+
+/// Browse → batches then Complete; Lookup → `{LookupResult:{bundle id: app}, Status:Complete}`
+/// (what `pymobiledevice3 apps list` uses).
+fn browse(apps: &[plist::Dictionary], batch: usize, req: &plist::Value) -> Vec<plist::Value> {
+    match dict_str(req, "Command") {
+        Some("Browse") => {}
+        Some("Lookup") => {
+            let mut result = plist::Dictionary::new();
+            for a in apps {
+                let Some(id) = a.get("CFBundleIdentifier").and_then(|i| i.as_string()) else {
+                    continue;
+                };
+                if let Some(sel) = select_apps(std::slice::from_ref(a), req).pop() {
+                    result.insert(id.to_string(), sel.into());
+                }
+            }
+            let mut d = plist::Dictionary::new();
+            d.insert("LookupResult".into(), result.into());
+            d.insert("Status".into(), "Complete".into());
+            return vec![d.into()];
+        }
+        _ => {
+            return vec![error_reply(
+                "UnknownCommand",
+                "the simulator answers Browse and Lookup",
+            )]
+        }
+    }
+    let selected: Vec<plist::Value> = select_apps(apps, req)
+        .into_iter()
+        .map(plist::Value::Dictionary)
         .collect();
     let total = selected.len() as u64;
     let mut replies = Vec::new();
@@ -1296,6 +1337,24 @@ mod tests {
         let list = first["CurrentList"].as_array().unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].as_dictionary().unwrap().len(), 1);
+        // Lookup, restricted to bundle ids.
+        let mut req = plist::Dictionary::new();
+        req.insert("Command".into(), "Lookup".into());
+        let mut opts = plist::Dictionary::new();
+        opts.insert(
+            "BundleIDs".into(),
+            plist::Value::Array(vec!["com.example.app1".into(), "com.example.app3".into()]),
+        );
+        req.insert("ClientOptions".into(), opts.into());
+        let replies = browse(&apps, 2, &req.into());
+        assert_eq!(replies.len(), 1);
+        let result = replies[0].as_dictionary().unwrap()["LookupResult"]
+            .as_dictionary()
+            .unwrap();
+        assert_eq!(
+            result.keys().collect::<Vec<_>>(),
+            ["com.example.app1", "com.example.app3"]
+        );
         // No apps: one empty batch, then Complete.
         let mut req = plist::Dictionary::new();
         req.insert("Command".into(), "Browse".into());

@@ -479,3 +479,47 @@ fn host_gone_between_operations_ends_cleanly() {
     drop(s);
     t.join().unwrap().unwrap();
 }
+
+#[test]
+fn change_password_tells_observers() {
+    use crate::plist_frame::{read_frame, write_frame, PlistFormat};
+    use crate::sim::services::notification_proxy_handler;
+    let hub = Arc::new(NotificationHub::new());
+    let (mut host_np, device_np) = UnixStream::pair().unwrap();
+    let handler = notification_proxy_handler(hub.clone());
+    std::thread::spawn(move || handler(Box::new(device_np)));
+    let names = [
+        NOTIFY_PASSCODE_PRESENTED,
+        NOTIFY_PASSCODE_DISMISSED,
+        NOTIFY_DOMAIN_CHANGED,
+    ];
+    for name in names {
+        let mut d = plist::Dictionary::new();
+        d.insert("Command".into(), "ObserveNotification".into());
+        d.insert("Name".into(), name.into());
+        write_frame(&mut host_np, &plist::Value::Dictionary(d), PlistFormat::Xml).unwrap();
+    }
+    assert!(hub.wait_for_observers(NOTIFY_DOMAIN_CHANGED, 1, Duration::from_secs(10)));
+    let cfg = AgentConfig {
+        notifications: Some(hub),
+        ..config()
+    };
+    let (agent, _) = agent_with(1, None, cfg);
+    let (mut s, t) = connect(&agent, host_config());
+    s.change_password(&udid(&agent), None, Some(&Password::new("pw")), &mut |_| {})
+        .unwrap();
+    s.disconnect().unwrap();
+    t.join().unwrap().unwrap();
+    host_np
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for name in names {
+        let v = read_frame(&mut host_np).unwrap();
+        let d = v.as_dictionary().unwrap();
+        assert_eq!(
+            d.get("Command").and_then(plist::Value::as_string),
+            Some("RelayNotification")
+        );
+        assert_eq!(d.get("Name").and_then(plist::Value::as_string), Some(name));
+    }
+}
