@@ -13,5 +13,6 @@ pub mod password;
 pub mod plist_frame;
 pub mod services;
 pub mod sim;
+pub mod store;
 pub mod transport;
 pub mod usb;
