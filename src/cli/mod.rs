@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod backup_folder;
+mod display;
 mod sim;
 
 #[derive(Parser, Debug)]
@@ -26,6 +27,9 @@ pub enum Command {
     /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
     #[command(subcommand, name = "backup-folder")]
     BackupFolder(backup_folder::BackupFolderCommand),
+    /// The OLED's screens: previews as PNG or in the terminal, a wiring check.
+    #[command(subcommand)]
+    Display(display::DisplayCommand),
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -49,6 +53,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::BackupFolder(c) => backup_folder::run(c),
+        Command::Display(c) => display::run(c),
         Command::Sim(c) => sim::run(c),
     }
 }

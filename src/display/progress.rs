@@ -169,11 +169,14 @@ mod tests {
 
     const MB: u64 = 1_000_000;
 
-    /// Replays (seconds, done, total) samples; returns the model and (t, fraction, eta) seen.
+    /// (seconds since start, shown fraction, ETA) after each sample.
+    type Seen = Vec<(f64, f64, Option<Duration>)>;
+
+    /// Replays (seconds, done, total) samples; returns the model, its start and what was seen.
     fn replay(
         seed: Option<f64>,
         samples: impl IntoIterator<Item = (f64, u64, u64)>,
-    ) -> (ProgressModel, Instant, Vec<(f64, f64, Option<Duration>)>) {
+    ) -> (ProgressModel, Instant, Seen) {
         let t0 = Instant::now();
         let mut m = ProgressModel::new(t0, seed);
         let mut seen = Vec::new();
