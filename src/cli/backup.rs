@@ -167,8 +167,9 @@ fn connect(args: &BackupArgs, state: &Path) -> anyhow::Result<Connection> {
                 .join(format!("{}-{}", spec.profile, spec.seed)),
         );
         let sim = Simulator::new(opts).context("starting the simulated iPhone")?;
-        let phone = cradle::sim::attach_in_memory(sim.clone())
-            .context("attaching the simulated iPhone")?;
+        sim.agent().on_report(|r| eprintln!("simulated phone: {r}"));
+        let phone =
+            cradle::sim::attach_in_memory(sim.clone()).context("attaching the simulated iPhone")?;
         if let Some(n) = args.sim_unplug_after {
             phone.cable().disconnect_after(n);
         }
@@ -355,8 +356,7 @@ fn explain(e: &RunError, dir: &Path) -> String {
             return "the phone is locked: unlock it (and keep it unlocked) and run again".into()
         }
         Some(L::PairingDialogResponsePending) => {
-            return "the phone still shows \"Trust This Computer?\": tap Trust and run again"
-                .into()
+            return "the phone still shows \"Trust This Computer?\": tap Trust and run again".into()
         }
         Some(L::InvalidHostID) => {
             return "the phone no longer knows this computer: run again to pair anew".into()
@@ -444,8 +444,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}", explain(&e, &args.to_folder))
     };
 
-    let encrypted = match query_will_encrypt(dev, &store, &host, &opts, &mut |e| display.event(e))
-    {
+    let encrypted = match query_will_encrypt(dev, &store, &host, &opts, &mut |e| display.event(e)) {
         Ok(b) => b,
         Err(e) => return fail(e, &mut display),
     };

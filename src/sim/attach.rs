@@ -39,7 +39,10 @@ pub fn attach_in_memory(sim: Arc<Simulator>) -> Result<InMemoryPhone, MuxLinkErr
 }
 
 /// Like [`attach_in_memory`] for any set of device ports (a bare `SimDevice`, a test table).
-pub fn attach_ports(ports: Arc<dyn DevicePorts>, udid: &str) -> Result<InMemoryPhone, MuxLinkError> {
+pub fn attach_ports(
+    ports: Arc<dyn DevicePorts>,
+    udid: &str,
+) -> Result<InMemoryPhone, MuxLinkError> {
     let (host_end, device_end) = mem_pipe_pair();
     let cable = host_end.control();
     let device = MuxDevice::start(device_end, ports)?;
@@ -124,7 +127,9 @@ mod tests {
         assert_eq!(v.as_string(), Some(sim.udid()));
         ld.close().unwrap();
         phone.cable().unplug();
-        assert!(phone.host().wait_detached(std::time::Duration::from_secs(5)));
+        assert!(phone
+            .host()
+            .wait_detached(std::time::Duration::from_secs(5)));
         assert!(phone.connect(crate::transport::LOCKDOWN_PORT).is_err());
     }
 }

@@ -155,7 +155,7 @@ mod tests {
             location: "bus 1 address 9".into(),
         };
         assert!(matches!(
-            choose(&[keyboard.clone()], None),
+            choose(std::slice::from_ref(&keyboard), None),
             Err(UsbDiscoverError::NoDevice)
         ));
         assert_eq!(
