@@ -456,3 +456,54 @@ fn provisioning_from_the_drive_seals_and_destroys_the_file() {
     assert_eq!(provision_from_drive(drive.path(), &store).unwrap(), None);
     assert_no_plaintext(state.path(), &log);
 }
+
+#[test]
+fn cli_set_status_forget() {
+    if !peers_present() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("secrets");
+    let cradle = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .arg("password")
+            .args(args)
+            .env("CRADLE_SECRETS_DIR", &dir)
+            .env("CRADLE_TPM2_DEVICE", tpm.tcti())
+            .env_remove("CRADLE_PASSWORD_FILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(PASSWORDS.iter().all(|p| !text.contains(p)), "{text}");
+        (out.status.code(), text)
+    };
+    let pw = format!("{}\n", PASSWORDS[1]);
+    let (code, text) = cradle(
+        &["set", "--udid", "00008110-000A", "--password-file", "-"],
+        pw.as_bytes(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = cradle(&["status"], b"");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("sealing: tpm2"), "{text}");
+    assert!(
+        text.contains("00008110-000A") && text.contains("tpm2"),
+        "{text}"
+    );
+    // Without a file and without a terminal there is no password: refused, nothing stored.
+    let (code, text) = cradle(&["set", "--default"], b"");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no password given"), "{text}");
+    let (code, _) = cradle(&["forget", "--udid", "00008110-000A"], b"");
+    assert_eq!(code, Some(0));
+    let (code, text) = cradle(&["status"], b"");
+    assert!(text.contains("no passwords stored"), "{text}");
+    assert_eq!(code, Some(0));
+}

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod backup_folder;
+mod password;
 mod sim;
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,9 @@ pub enum Command {
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Backup passwords sealed on the box (per phone, or the box default).
+    #[command(subcommand)]
+    Password(password::PasswordCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -50,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::BackupFolder(c) => backup_folder::run(c),
         Command::Sim(c) => sim::run(c),
+        Command::Password(c) => password::run(c),
     }
 }
