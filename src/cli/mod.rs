@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod backup;
 mod backup_folder;
 mod password;
 mod sim;
@@ -24,6 +25,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Back up an attached iPhone into a standard backup folder (encrypted; incremental when a
+    /// previous backup is there).
+    Backup(backup::BackupArgs),
     /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
     #[command(subcommand, name = "backup-folder")]
     BackupFolder(backup_folder::BackupFolderCommand),
@@ -52,6 +56,7 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Backup(a) => backup::run(a),
         Command::BackupFolder(c) => backup_folder::run(c),
         Command::Sim(c) => sim::run(c),
         Command::Password(c) => password::run(c),
