@@ -7,10 +7,13 @@
 #![deny(unused_must_use)]
 
 pub mod backup2;
+pub mod display;
 pub mod ios_backup;
 pub mod lockdown;
 pub mod password;
 pub mod plist_frame;
+pub mod sd_notify;
+pub mod secrets;
 pub mod services;
 pub mod sim;
 pub mod store;

@@ -425,6 +425,30 @@ pub fn run_change_password(
     res
 }
 
+/// Whether the phone encrypts its backups (`WillEncrypt` in `com.apple.mobile.backup`), pairing
+/// first when this host has no record. Lets a caller refuse an unencrypted backup, or turn
+/// encryption on, before any file moves.
+pub fn query_will_encrypt(
+    conn: &dyn DeviceConnector,
+    pair_store: &dyn PairStore,
+    host: &HostIdentity,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(BackupEvent),
+) -> Result<bool, RunError> {
+    events(BackupEvent::Phase(Phase::Connecting));
+    let mut ld = lockdown::open(conn, pair_store, host, &opts.lockdown, &mut |e| {
+        events(BackupEvent::Pairing(e))
+    })?;
+    let v = ld.get_value(Some("com.apple.mobile.backup"), Some("WillEncrypt"));
+    let _ = ld.close();
+    match v {
+        Ok(v) => Ok(v.as_boolean().unwrap_or(false)),
+        // Phones that never had a backup password have no such key.
+        Err(e) if e.device_error() == Some(&lockdown::LockdownError::MissingValue) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `iTunes Version` when lockdown has no `MinITunesVersion` (libimobiledevice's default).
 pub const DEFAULT_ITUNES_VERSION: &str = "10.0.1";
 

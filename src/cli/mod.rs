@@ -4,7 +4,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod backup;
 mod backup_folder;
+mod display;
+mod password;
 mod sim;
 
 #[derive(Parser, Debug)]
@@ -23,12 +26,21 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Back up an attached iPhone into a standard backup folder (encrypted; incremental when a
+    /// previous backup is there).
+    Backup(backup::BackupArgs),
     /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
     #[command(subcommand, name = "backup-folder")]
     BackupFolder(backup_folder::BackupFolderCommand),
+    /// The OLED's screens: previews as PNG or in the terminal, a wiring check.
+    #[command(subcommand)]
+    Display(display::DisplayCommand),
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Backup passwords sealed on the box (per phone, or the box default).
+    #[command(subcommand)]
+    Password(password::PasswordCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -48,7 +60,10 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Backup(a) => backup::run(a),
         Command::BackupFolder(c) => backup_folder::run(c),
+        Command::Display(c) => display::run(c),
         Command::Sim(c) => sim::run(c),
+        Command::Password(c) => password::run(c),
     }
 }

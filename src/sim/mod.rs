@@ -2,9 +2,12 @@
 //! the backup agent and the side services. The harness for every test and the demo.
 
 pub mod agent;
+pub mod attach;
 pub mod backup;
 pub mod device;
 pub mod lockdownd;
 pub mod phone;
 pub mod services;
 pub mod simulator;
+
+pub use attach::{attach_in_memory, InMemoryPhone};

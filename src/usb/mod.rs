@@ -6,10 +6,12 @@
 //! `MuxDevice` serves a simulated phone). `muxd` is the usbmuxd socket protocol, both sides.
 
 pub mod descriptors;
+pub mod discover;
 pub mod link;
 pub mod mux;
 pub mod muxd;
 pub mod pipe;
 
+pub use discover::{open_usb_device, UsbDiscoverError};
 pub use link::{MuxDevice, MuxHost, MuxLinkError, MuxStream};
 pub use pipe::{mem_pipe_pair, BulkPipe, MemPipe, MemPipeControl, NusbPipe, PipeError};

@@ -146,3 +146,75 @@ pub fn password_file(dir: &Path, pw: &str) -> PathBuf {
     std::fs::write(&p, format!("{pw}\n")).unwrap();
     p
 }
+
+/// What a run of a command produced.
+#[derive(Debug)]
+pub struct Output {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion with stdin closed, killing it (and failing the test) after `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut o = String::new();
+        let mut e = String::new();
+        let t = std::thread::spawn(move || {
+            let _ = err.read_to_string(&mut e);
+            e
+        });
+        let _ = out.read_to_string(&mut o);
+        let e = t.join().unwrap_or_default();
+        let _ = tx.send((o, e));
+    });
+    match rx.recv_timeout(limit) {
+        Ok((stdout, stderr)) => {
+            let status = child.wait().unwrap();
+            eprintln!(
+                "[{:.1} s, {status}] {shown}",
+                started.elapsed().as_secs_f64()
+            );
+            Output {
+                success: status.success(),
+                code: status.code(),
+                stdout,
+                stderr,
+            }
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// What a later day's backup must send and remove, per the synthetic phone: files whose bytes
+/// changed or that are new, and data files that disappeared.
+pub fn expected_changes(
+    day1: &cradle::sim::phone::Phone,
+    day2: &cradle::sim::phone::Phone,
+) -> (u64, u64) {
+    let diff = day2.diff(day1);
+    let changed = diff.changed_files().count() as u64;
+    let removed = diff.removed.iter().filter(|e| e.is_file()).count()
+        + diff
+            .modified
+            .iter()
+            .filter(|(o, n)| o.is_file() && !n.is_file())
+            .count();
+    (changed, removed as u64)
+}
