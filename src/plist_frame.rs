@@ -88,7 +88,10 @@ pub fn decode_body(body: &[u8]) -> Result<plist::Value, FrameError> {
 fn xml_depth(body: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut i = 0;
-    while let Some(off) = body.get(i..).and_then(|r| r.iter().position(|&b| b == b'<')) {
+    while let Some(off) = body
+        .get(i..)
+        .and_then(|r| r.iter().position(|&b| b == b'<'))
+    {
         let start = i + off + 1;
         let end = match body
             .get(start..)
@@ -219,7 +222,10 @@ mod tests {
         assert!(bomb.len() < 1000, "{}", bomb.len());
         let t = std::time::Instant::now();
         let e = decode_body(&bomb).unwrap_err();
-        assert!(matches!(e, FrameError::BadPlist(ref m) if m.contains("expands")), "{e}");
+        assert!(
+            matches!(e, FrameError::BadPlist(ref m) if m.contains("expands")),
+            "{e}"
+        );
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         // Through the framing too.
         let mut framed = (bomb.len() as u32).to_be_bytes().to_vec();
