@@ -11,6 +11,8 @@ pub mod ios_backup;
 pub mod lockdown;
 pub mod password;
 pub mod plist_frame;
+pub mod sd_notify;
+pub mod secrets;
 pub mod services;
 pub mod sim;
 pub mod transport;

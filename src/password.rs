@@ -86,7 +86,7 @@ pub fn read_password_file(path: &Path) -> Result<Password, PasswordError> {
     pw
 }
 
-fn first_line(raw: &[u8]) -> Result<Password, PasswordError> {
+pub(crate) fn first_line(raw: &[u8]) -> Result<Password, PasswordError> {
     let end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
     let mut line = &raw[..end];
     if line.last() == Some(&b'\r') {

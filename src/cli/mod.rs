@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod backup;
 mod backup_folder;
+mod password;
 mod sim;
 
 #[derive(Parser, Debug)]
@@ -33,6 +34,9 @@ pub enum Command {
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Backup passwords sealed on the box (per phone, or the box default).
+    #[command(subcommand)]
+    Password(password::PasswordCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -55,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(a) => backup::run(a),
         Command::BackupFolder(c) => backup_folder::run(c),
         Command::Sim(c) => sim::run(c),
+        Command::Password(c) => password::run(c),
     }
 }
