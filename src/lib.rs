@@ -7,6 +7,7 @@
 #![deny(unused_must_use)]
 
 pub mod backup2;
+pub mod display;
 pub mod ios_backup;
 pub mod lockdown;
 pub mod password;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod backup;
 mod backup_folder;
+mod display;
 mod password;
 mod sim;
 
@@ -31,6 +32,9 @@ pub enum Command {
     /// Read any standard backup folder (Finder, iTunes, idevicebackup2, Cradle's export).
     #[command(subcommand, name = "backup-folder")]
     BackupFolder(backup_folder::BackupFolderCommand),
+    /// The OLED's screens: previews as PNG or in the terminal, a wiring check.
+    #[command(subcommand)]
+    Display(display::DisplayCommand),
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Backup(a) => backup::run(a),
         Command::BackupFolder(c) => backup_folder::run(c),
+        Command::Display(c) => display::run(c),
         Command::Sim(c) => sim::run(c),
         Command::Password(c) => password::run(c),
     }
