@@ -903,3 +903,191 @@ fn side_events_arrive_while_the_phone_is_silent() {
     session.disconnect().unwrap();
     phone.join().unwrap();
 }
+
+/// A folder holding a previous backup, with a file beside it that must never change.
+fn previous_backup(outer: &Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
+    let root = outer.join("root");
+    let dir = root.join(U);
+    fs::create_dir_all(dir.join("ab")).unwrap();
+    for (f, d) in [
+        ("Manifest.db", &b"old db"[..]),
+        ("Manifest.plist", b"old manifest"),
+        ("ab/ab01", b"old file"),
+    ] {
+        fs::write(dir.join(f), d).unwrap();
+    }
+    fs::write(dir.join("Status.plist"), status_plist()).unwrap();
+    fs::write(outer.join("victim"), b"keep").unwrap();
+    let before = all_files(outer)
+        .into_iter()
+        .map(|f| (f.clone(), fs::read(outer.join(&f)).unwrap()))
+        .collect();
+    (root, before)
+}
+
+fn assert_unchanged(outer: &Path, before: &[(String, Vec<u8>)], what: &str) {
+    let now: Vec<String> = all_files(outer)
+        .into_iter()
+        .filter(|f| !f.contains("/Snapshot/"))
+        .collect();
+    let was: Vec<String> = before.iter().map(|(f, _)| f.clone()).collect();
+    assert_eq!(now, was, "{what}: files appeared or vanished");
+    for (f, d) in before {
+        assert_eq!(&fs::read(outer.join(f)).unwrap(), d, "{what}: {f} changed");
+    }
+}
+
+#[test]
+fn hostile_frames_are_typed_errors_and_leave_the_previous_backup() {
+    type Script = fn(&mut Phone);
+    let cases: [(&str, Script); 4] = [
+        ("4 GiB frame length", |p| {
+            p.s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+            // The host may already have hung up.
+            let _ = p.s.write_all(b"<?xml");
+        }),
+        ("a frame that is not a plist", |p| {
+            let body = b"this is not a property list";
+            p.s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+            p.s.write_all(body).unwrap();
+        }),
+        ("a plist that is not a DeviceLink array", |p| {
+            let mut body = Vec::new();
+            Value::Dictionary(Dictionary::new())
+                .to_writer_binary(&mut body)
+                .unwrap();
+            p.s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+            p.s.write_all(&body).unwrap();
+        }),
+        ("an upload stream cut mid-file", |p| {
+            p.send(DeviceMessage::UploadFiles {
+                progress: Some(1.0),
+                total_bytes: Some(100),
+            });
+            let mut b = Vec::new();
+            file_stream::encode_path("/d/x", &mut b);
+            file_stream::encode_path(&format!("{U}/Snapshot/ab/ab01"), &mut b);
+            file_stream::encode_block(CODE_FILE_DATA, &[7; 40], &mut b);
+            p.s.write_all(&b).unwrap();
+            // The cable goes: EOF in the middle of the file.
+            p.s.shutdown(std::net::Shutdown::Both).unwrap();
+        }),
+    ];
+    for (what, script) in cases {
+        let outer = tempfile::tempdir().unwrap();
+        let (root, before) = previous_backup(outer.path());
+        let mut target = FolderTarget::open(&root).unwrap();
+        let (mut session, phone) = connect(config(), move |mut p| {
+            p.expect_backup(false);
+            assert!(p.mkdir(&format!("{U}/Snapshot/ab")).is_ok());
+            script(&mut p);
+            p.expect_disconnect();
+        });
+        let err = session
+            .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
+            .unwrap_err();
+        phone.join().unwrap();
+        match what {
+            "an upload stream cut mid-file" => {
+                assert!(
+                    matches!(err, HostError::PhoneDisconnected),
+                    "{what}: {err:?}"
+                )
+            }
+            _ => assert!(matches!(err, HostError::Protocol(_)), "{what}: {err:?}"),
+        }
+        // The error names what happened.
+        let text = err.to_string();
+        assert!(
+            text.contains("protocol") || text.contains("disconnected"),
+            "{what}: {text}"
+        );
+        assert_unchanged(outer.path(), &before, what);
+        assert!(
+            !root.join(U).join("Snapshot/ab/ab01").exists(),
+            "{what}: a partial file was kept"
+        );
+    }
+}
+
+/// Every file of a backup decrypted: (domain, path) → bytes.
+fn decrypt_all(dir: &Path, pw: &Password) -> std::collections::BTreeMap<(String, String), Vec<u8>> {
+    let folder = cradle::ios_backup::folder::BackupFolder::open(dir).unwrap();
+    let open = folder.unlock(Some(pw)).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for row in open.rows() {
+        let row = row.unwrap();
+        if row.flags == 1 {
+            let mut bytes = Vec::new();
+            open.read_file_into(&row, &mut bytes).unwrap();
+            out.insert((row.domain.clone(), row.relative_path.clone()), bytes);
+        }
+    }
+    out
+}
+
+#[test]
+fn simulated_phone_unplugged_mid_backup_keeps_the_previous_backup() {
+    use cradle::backup2::run::{run_backup, RunError, RunOptions};
+    use cradle::lockdown::{HostIdentity, MemoryPairStore};
+    use cradle::sim::phone::{Phone as SynthPhone, Profile};
+    use cradle::sim::simulator::{EncryptionChoice, Simulator, SimulatorOptions};
+
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("backups");
+    fs::create_dir(&root).unwrap();
+    fs::write(outer.path().join("victim"), b"keep").unwrap();
+    let pw = Password::new("unplug");
+    let mut opts = SimulatorOptions::new(41, Profile::Tiny, 1);
+    opts.dpic = 1000;
+    opts.encryption = EncryptionChoice::On(pw.clone());
+    let sim = Simulator::new(opts).unwrap();
+    let store = MemoryPairStore::new();
+    let host = HostIdentity::generate(None);
+    let mut target = FolderTarget::open(&root).unwrap();
+    let run = RunOptions::default();
+
+    let phone = cradle::sim::attach_in_memory(sim.clone()).unwrap();
+    run_backup(&phone, &store, &host, &mut target, &run, &mut |_| {}).unwrap();
+    drop(phone);
+    let dir = root.join(sim.udid());
+    let day1 = decrypt_all(&dir, &pw);
+    let synth = SynthPhone::new(41, Profile::Tiny, 1);
+    assert_eq!(
+        day1.len(),
+        synth.entries().iter().filter(|e| e.is_file()).count()
+    );
+    let before: Vec<(String, Vec<u8>)> = all_files(outer.path())
+        .into_iter()
+        .filter(|f| !f.ends_with("Info.plist"))
+        .map(|f| (f.clone(), fs::read(outer.path().join(&f)).unwrap()))
+        .collect();
+
+    // A full backup again, with the cable pulled part-way through the upload.
+    let phone = cradle::sim::attach_in_memory(sim.clone()).unwrap();
+    phone.cable().disconnect_after(1_000_000);
+    let run_full = RunOptions {
+        force_full: true,
+        ..RunOptions::default()
+    };
+    let err = run_backup(&phone, &store, &host, &mut target, &run_full, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, RunError::Backup(h) if h.is_disconnect()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("disconnected"), "{err}");
+    let now: Vec<String> = all_files(outer.path())
+        .into_iter()
+        .filter(|f| !f.contains("/Snapshot/") && !f.ends_with("Info.plist"))
+        .collect();
+    let was: Vec<String> = before.iter().map(|(f, _)| f.clone()).collect();
+    assert_eq!(now, was, "files appeared or vanished outside Snapshot/");
+    for (f, d) in &before {
+        assert_eq!(&fs::read(outer.path().join(f)).unwrap(), d, "{f} changed");
+    }
+    assert_eq!(
+        decrypt_all(&dir, &pw),
+        day1,
+        "the previous backup decrypts as before"
+    );
+}

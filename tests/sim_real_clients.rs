@@ -17,15 +17,13 @@ use sha2::Digest;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PROFILE: Profile = Profile::Tiny;
 /// Keybag rounds for these runs: the protocol is under test, not the KDF.
 const DPIC: u32 = 1000;
-/// Longest a client run may take (pymobiledevice3 alone needs 1–2 s to start).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running simulator behind its usbmuxd socket: what `cradle sim serve` assembles, in this
 /// process (`tests/sim_serve_cli.rs` covers the command itself).
@@ -79,38 +77,6 @@ impl Serve {
     fn stop(self) {
         self.server.shutdown();
         self.sim.shutdown().expect("save the simulator state");
-    }
-}
-
-/// Runs a client to completion with a deadline; returns its stdout and stderr together.
-fn run(mut cmd: Command) -> String {
-    let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let shown = format!("{cmd:?}");
-    let mut child = cmd.spawn().expect("spawn client");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut o = String::new();
-        let mut e = String::new();
-        let _ = out.read_to_string(&mut o);
-        let _ = err.read_to_string(&mut e);
-        let _ = tx.send(o + &e);
-    });
-    match rx.recv_timeout(CLIENT_TIMEOUT) {
-        Ok(text) => {
-            let _ = child.wait();
-            eprintln!("[client {:.1} s] {shown}", started.elapsed().as_secs_f64());
-            text
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {CLIENT_TIMEOUT:?}");
-        }
     }
 }
 
@@ -228,18 +194,10 @@ fn parse_report(line: &str) -> (String, u64, u64) {
     (parts[0].to_string(), num(parts[1]), num(parts[3]))
 }
 
-/// What a day-2 backup must send and remove: files whose bytes changed or that are new, and
-/// data files that disappeared.
-fn expected_changes(day1: &Phone, day2: &Phone) -> (u64, u64) {
-    let diff = day2.diff(day1);
-    let changed = diff.changed_files().count() as u64;
-    let removed = diff.removed.iter().filter(|e| e.is_file()).count()
-        + diff
-            .modified
-            .iter()
-            .filter(|(o, n)| o.is_file() && !n.is_file())
-            .count();
-    (changed, removed as u64)
+/// Runs a client to completion with a deadline; returns its stdout and stderr together.
+fn run(cmd: Command) -> String {
+    let o = common::run_with_timeout(cmd, common::CLIENT_TIMEOUT);
+    o.stdout + &o.stderr
 }
 
 struct Peers {
@@ -312,7 +270,7 @@ fn idevicebackup2_full_incremental_and_encryption() {
     let day2 = Phone::new(SEED, PROFILE, 2);
     let (kind, files, removed) = parse_report(&serve.report(1));
     assert_eq!(kind, "incremental");
-    assert_eq!((files, removed), expected_changes(&day1, &day2));
+    assert_eq!((files, removed), common::expected_changes(&day1, &day2));
     assert!(files > 0);
     assert_decrypts_to(&peers.ibd, &backups.join(&udid), "first password", &day2);
 
@@ -384,7 +342,7 @@ fn pymobiledevice3_full_incremental_and_change_password() {
     let day2 = Phone::new(SEED, PROFILE, 2);
     let (kind, files, removed) = parse_report(&serve.report(1));
     assert_eq!(kind, "incremental");
-    assert_eq!((files, removed), expected_changes(&day1, &day2));
+    assert_eq!((files, removed), common::expected_changes(&day1, &day2));
     assert_decrypts_to(&peers.ibd, &backups.join(&udid), "pmd3 password", &day2);
 
     tool(

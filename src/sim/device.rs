@@ -113,64 +113,9 @@ pub const MAX_PENDING_SERVICE_PORTS: usize = 64;
 /// Size of the escrow bag handed out at pairing.
 pub const ESCROW_BAG_LEN: usize = 256;
 
-/// Who the simulated phone is: the values lockdownd reports. Mirrors the synthetic phone's
-/// identity field by field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceIdentity {
-    /// 25-character hyphenated (`00008120-…`) or 40 hex digits.
-    pub udid: String,
-    pub device_name: String,
-    /// e.g. "iPhone15,2".
-    pub product_type: String,
-    /// e.g. "17.5.1".
-    pub product_version: String,
-    /// e.g. "21F90".
-    pub build_version: String,
-    pub serial_number: String,
-    /// "aa:bb:cc:dd:ee:ff".
-    pub wifi_address: String,
-    /// The ECID (the UDID's second half).
-    pub unique_chip_id: u64,
-    /// The SoC's chip id (the UDID's first half), e.g. 0x8120.
-    pub chip_id: u32,
-    /// "aa:bb:cc:dd:ee:ff" (an iPhone's is its Wi-Fi address plus one).
-    pub bluetooth_address: String,
-    /// e.g. "Europe/London".
-    pub time_zone: String,
-    /// "iPhone".
-    pub device_class: String,
-    /// e.g. "D73AP".
-    pub hardware_model: String,
-    pub phone_number: Option<String>,
-    pub imei: Option<String>,
-    pub iccid: Option<String>,
-    pub meid: Option<String>,
-}
-
-impl DeviceIdentity {
-    /// A plausible iPhone 14 Pro on iOS 17.5.1.
-    pub fn example() -> Self {
-        DeviceIdentity {
-            udid: "00008120-001C30E22E91401E".into(),
-            device_name: "Cradle Test iPhone".into(),
-            product_type: "iPhone15,2".into(),
-            product_version: "17.5.1".into(),
-            build_version: "21F90".into(),
-            serial_number: "F2LXK0Q1PLJ8".into(),
-            wifi_address: "a4:c3:f0:12:34:56".into(),
-            unique_chip_id: 0x001C_30E2_2E91_401E,
-            chip_id: 0x8120,
-            bluetooth_address: "a4:c3:f0:12:34:57".into(),
-            time_zone: "Europe/Berlin".into(),
-            device_class: "iPhone".into(),
-            hardware_model: "D73AP".into(),
-            phone_number: Some("+1 (555) 010-0123".into()),
-            imei: Some("356789101234567".into()),
-            iccid: Some("8901410321111851072".into()),
-            meid: Some("35678910123456".into()),
-        }
-    }
-}
+/// Who the simulated phone is: the values lockdownd reports. One type with the synthetic
+/// phone's identity, so the two cannot drift apart.
+pub use crate::sim::phone::DeviceIdentity;
 
 /// How the simulated user answers the trust dialog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,17 +381,16 @@ fn root_values(id: &DeviceIdentity, key: &DeviceKey) -> Dictionary {
     put("UniqueChipID", Value::Integer(id.unique_chip_id.into()));
     put("UniqueDeviceID", id.udid.clone().into());
     put("WiFiAddress", id.wifi_address.clone().into());
-    if let Some(v) = &id.phone_number {
-        put("PhoneNumber", v.clone().into());
-    }
-    if let Some(v) = &id.imei {
-        put("InternationalMobileEquipmentIdentity", v.clone().into());
-    }
-    if let Some(v) = &id.iccid {
-        put("IntegratedCircuitCardIdentity", v.clone().into());
-    }
-    if let Some(v) = &id.meid {
-        put("MobileEquipmentIdentifier", v.clone().into());
+    // Radio values are absent on devices without them (an empty string in the identity).
+    for (k, v) in [
+        ("PhoneNumber", &id.phone_number),
+        ("InternationalMobileEquipmentIdentity", &id.imei),
+        ("IntegratedCircuitCardIdentity", &id.iccid),
+        ("MobileEquipmentIdentifier", &id.meid),
+    ] {
+        if !v.is_empty() {
+            put(k, v.clone().into());
+        }
     }
     d
 }

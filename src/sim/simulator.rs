@@ -116,29 +116,9 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
-/// The lockdownd identity of a synthetic phone.
+/// The lockdownd identity of a synthetic phone (the phone's own identity).
 pub fn lockdown_identity(phone: &Phone) -> DeviceIdentity {
-    let id = phone.identity();
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    DeviceIdentity {
-        udid: id.udid.clone(),
-        device_name: id.device_name.clone(),
-        product_type: id.product_type.clone(),
-        product_version: id.product_version.clone(),
-        build_version: id.build_version.clone(),
-        serial_number: id.serial_number.clone(),
-        wifi_address: id.wifi_address.clone(),
-        unique_chip_id: id.unique_chip_id,
-        chip_id: id.chip_id,
-        bluetooth_address: id.bluetooth_address.clone(),
-        time_zone: id.time_zone.clone(),
-        device_class: id.device_class.clone(),
-        hardware_model: id.hardware_model.clone(),
-        phone_number: opt(&id.phone_number),
-        imei: opt(&id.imei),
-        iccid: opt(&id.iccid),
-        meid: opt(&id.meid),
-    }
+    phone.identity().clone()
 }
 
 impl Simulator {

@@ -218,3 +218,40 @@ pub fn expected_changes(
             .count();
     (changed, removed as u64)
 }
+
+/// How long one real-client run may take (pymobiledevice3 start-up alone is 1–2 s).
+pub const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Reports a missing peer: a failure when peers are required (CI), a printed skip elsewhere.
+/// Returns `None` so callers can `else { return }`.
+pub fn missing(what: &str) -> Option<PathBuf> {
+    if peers_required() {
+        panic!("required peer missing: {what}");
+    }
+    println!("SKIP: {what} is not installed");
+    None
+}
+
+/// A program on $PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// pymobiledevice3 from its peer venv, or None after reporting it missing.
+pub fn pmd3() -> Option<PathBuf> {
+    let bin = peers_dir().join("pmd3/bin/pymobiledevice3");
+    if bin.is_file() {
+        Some(bin)
+    } else {
+        missing(&bin.display().to_string())
+    }
+}
+
+/// Runs a real client to completion within [`CLIENT_TIMEOUT`]: (success, stdout, stderr).
+pub fn run_client(cmd: Command) -> (bool, String, String) {
+    let o = run_with_timeout(cmd, CLIENT_TIMEOUT);
+    (o.success, o.stdout, o.stderr)
+}

@@ -48,6 +48,34 @@ pub struct DeviceIdentity {
     pub installed_apps: Vec<InstalledApp>,
 }
 
+impl DeviceIdentity {
+    /// A fixed, plausible iPhone 14 Pro on iOS 17.5.1 with no apps: for tests that need a
+    /// device but not a synthetic phone.
+    pub fn example() -> Self {
+        DeviceIdentity {
+            udid: "00008120-001C30E22E91401E".into(),
+            device_name: "Cradle Test iPhone".into(),
+            product_type: "iPhone15,2".into(),
+            product_name: "iPhone 14 Pro".into(),
+            hardware_model: "D73AP".into(),
+            product_version: "17.5.1".into(),
+            build_version: "21F90".into(),
+            device_class: "iPhone".into(),
+            serial_number: "F2LXK0Q1PLJ8".into(),
+            wifi_address: "a4:c3:f0:12:34:56".into(),
+            bluetooth_address: "a4:c3:f0:12:34:57".into(),
+            unique_chip_id: 0x001C_30E2_2E91_401E,
+            chip_id: 0x8120,
+            imei: "356789101234567".into(),
+            meid: "35678910123456".into(),
+            iccid: "8901410321111851072".into(),
+            phone_number: "+1 (555) 010-0123".into(),
+            time_zone: "Europe/Berlin".into(),
+            installed_apps: Vec::new(),
+        }
+    }
+}
+
 /// Luhn check digit for a string of digits.
 fn luhn_digit(digits: &str) -> u32 {
     let mut sum = 0;

@@ -194,7 +194,8 @@ pub fn read_message<R: Read + ?Sized>(
 
 /// Parses a plist body (XML or binary).
 pub fn decode_plist(body: &[u8]) -> Option<plist::Dictionary> {
-    plist::Value::from_reader(io::Cursor::new(body))
+    // Through the bounded decoder: a usbmuxd peer is as untrusted as a phone.
+    crate::plist_frame::decode_body(body)
         .ok()?
         .into_dictionary()
 }
