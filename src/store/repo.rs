@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::caps::{CONFIG_FILE_MAX, KEY_FILES_MAX, KEY_FILE_LEN, STREAM_DIRECT_MAX};
 use super::chunker::{Chunker, ChunkerParams, Cutter, NORMALIZATION_LEVEL};
 use super::codec::{DecodeError, Reader};
-use super::ids::{ChunkId, KeyId, PackId, RepoId};
+use super::ids::{ChunkId, KeyId, PackId, RepoId, SnapshotId};
+use super::index::Index;
 use super::keys::{self, KdfParams, KeyError, Keys, MasterSecret};
 use super::pack::{self, BlobLoc, FinishedPack, PackError, PackWriter, ZSTD_LEVEL};
 use super::seal::{self, BlobKind, SealError, MAGIC_CONFIG};
@@ -236,6 +237,9 @@ pub enum RepoError {
     /// A file table out of order, or with an entry that breaks a rule of §9.3.
     #[error("file table: {0}")]
     Table(DecodeError),
+    /// The index failed (it is a cache: the repository falls back to pack headers).
+    #[error("index: {0}")]
+    Index(String),
     /// Options that `init` cannot accept.
     #[error("invalid options: {0}")]
     BadOptions(&'static str),
@@ -353,6 +357,7 @@ pub struct Repository {
     key_id: KeyId,
     chunks: HashMap<ChunkId, ChunkLoc>,
     damaged: Vec<PackError>,
+    index: Option<Index>,
     write: WriteState,
 }
 
@@ -408,7 +413,155 @@ impl Repository {
         if !storage.exists("README.txt")? {
             storage.create("README.txt", README_TEXT.as_bytes())?;
         }
-        Ok(Repository::from_parts(storage, keys, config, key_id))
+        let mut repo = Repository::from_parts(storage, keys, config, key_id);
+        repo.attach_index()?;
+        Ok(repo)
+    }
+
+    /// Opens the index and brings it up to date with the drive (§13, §15.2): rebuilt when its
+    /// VERSION is missing or wrong, else resynchronized. If sled fails (corruption, or another
+    /// process has it open), the index is rebuilt once, then the repository works without it,
+    /// reading every pack header instead.
+    fn attach_index(&mut self) -> Result<(), RepoError> {
+        for attempt in 0..2 {
+            let root = self.storage.local_root().map(|p| p.to_path_buf());
+            let opened = Index::open(root.as_deref(), &self.keys);
+            let (idx, fresh) = match opened {
+                Ok(x) => x,
+                Err(super::index::IndexError::Busy) => break,
+                Err(_) if attempt == 0 => {
+                    if let Some(r) = &root {
+                        // Damaged beyond opening: delete it (a cache) and try once more. If
+                        // another process holds it, the removal fails and so does the retry.
+                        let _ = std::fs::remove_file(r.join("index").join("VERSION"));
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            };
+            self.index = Some(idx);
+            let synced = if fresh {
+                self.rebuild_index()
+            } else {
+                self.resync_index()
+            };
+            match synced {
+                Ok(()) => return Ok(()),
+                Err(RepoError::Storage(e)) => return Err(e.into()),
+                Err(_) => {
+                    if self.rebuild_index().is_ok() {
+                        return Ok(());
+                    }
+                    self.index = None;
+                    break;
+                }
+            }
+        }
+        self.damaged.clear();
+        self.load_chunks()
+    }
+
+    /// Rebuilds the index from every pack header and snapshot record on the drive.
+    pub fn rebuild_index(&mut self) -> Result<(), RepoError> {
+        let Some(idx) = &self.index else {
+            return Ok(());
+        };
+        idx.clear(&self.keys)?;
+        self.damaged.clear();
+        for pack in self.list_packs()? {
+            self.index_pack(&pack)?;
+        }
+        for id in self.list_snapshots()? {
+            self.index_snapshot(&id)?;
+        }
+        if let Some(idx) = &self.index {
+            idx.complete(&self.keys)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the index with the drive's `packs/` and `snapshots/` and fixes the differences.
+    pub fn resync_index(&mut self) -> Result<(), RepoError> {
+        let Some(idx) = &self.index else {
+            return Ok(());
+        };
+        let indexed: HashSet<PackId> = idx.packs()?.into_iter().collect();
+        let on_drive: HashSet<PackId> = self.list_packs()?.into_iter().collect();
+        for gone in indexed.difference(&on_drive) {
+            idx.remove_pack(gone)?;
+        }
+        let indexed_snaps: HashSet<SnapshotId> = idx.snapshots()?.into_iter().collect();
+        let snaps: HashSet<SnapshotId> = self.list_snapshots()?.into_iter().collect();
+        for gone in indexed_snaps.difference(&snaps) {
+            idx.remove_snapshot(gone)?;
+        }
+        for new in on_drive.difference(&indexed) {
+            self.index_pack(new)?;
+        }
+        for new in snaps.difference(&indexed_snaps) {
+            self.index_snapshot(new)?;
+        }
+        if let Some(idx) = &self.index {
+            idx.complete(&self.keys)?;
+        }
+        Ok(())
+    }
+
+    fn index_pack(&mut self, pack: &PackId) -> Result<(), RepoError> {
+        match pack::read_pack_header(self.storage.as_ref(), &self.keys, pack) {
+            Ok((file_len, blobs)) => {
+                if let Some(idx) = &self.index {
+                    idx.insert_pack(&FinishedPack {
+                        id: *pack,
+                        file_len,
+                        blobs,
+                    })?;
+                }
+                Ok(())
+            }
+            Err(PackError {
+                problem: pack::PackProblem::Storage(e),
+                ..
+            }) if !e.is_not_found() && !matches!(e, StorageError::ShortRead { .. }) => {
+                Err(e.into())
+            }
+            Err(e) => {
+                self.damaged.push(e);
+                Ok(())
+            }
+        }
+    }
+
+    fn index_snapshot(&mut self, id: &SnapshotId) -> Result<(), RepoError> {
+        match self.load_snapshot(id) {
+            Ok(r) => {
+                if let Some(idx) = &self.index {
+                    idx.insert_snapshot(&self.keys, id, &r)?;
+                }
+                Ok(())
+            }
+            Err(RepoError::Storage(e)) if !e.is_not_found() => Err(e.into()),
+            Err(_) => Ok(()), // damaged records are `check`'s to report
+        }
+    }
+
+    /// Whether the sled index is in use, and how many chunks it lists.
+    pub fn index_chunk_count(&self) -> Option<usize> {
+        self.index.as_ref().map(|i| i.chunk_count())
+    }
+
+    /// Adds a committed snapshot to the index and flushes it (§15.1 step 5).
+    pub(crate) fn index_committed(&mut self, id: &SnapshotId, r: &super::snapshot::SnapshotRecord) {
+        if let Some(idx) = &self.index {
+            if idx
+                .insert_snapshot(&self.keys, id, r)
+                .and_then(|_| idx.flush())
+                .is_err()
+            {
+                // A cache: the next open resynchronizes it.
+                self.index = None;
+            }
+        }
     }
 
     /// Opens the repository with `password`. Nothing is written. Tries each key file in `keys/`
@@ -460,7 +613,7 @@ impl Repository {
             }
             let key_id = KeyId::from_hex(&name).unwrap_or_default();
             let mut repo = Repository::from_parts(storage, keys, config, key_id);
-            repo.load_chunks()?;
+            repo.attach_index()?;
             return Ok(repo);
         }
         Err(RepoError::WrongPassword)
@@ -474,6 +627,7 @@ impl Repository {
             key_id,
             chunks: HashMap::new(),
             damaged: Vec::new(),
+            index: None,
             write: WriteState {
                 data: None,
                 meta: None,
@@ -555,12 +709,15 @@ impl Repository {
 
     /// Where a chunk lies, if it is in a durable pack.
     pub fn chunk_location(&self, id: &ChunkId) -> Option<ChunkLoc> {
-        self.chunks.get(id).copied()
+        if let Some(l) = self.chunks.get(id) {
+            return Some(*l);
+        }
+        self.index.as_ref().and_then(|i| i.chunk(id).ok().flatten())
     }
 
     /// Whether the repository already holds (or is writing) this chunk.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id) || self.write.pending.contains(id)
+        self.write.pending.contains(id) || self.chunk_location(id).is_some()
     }
 
     /// Stores a byte stream: cuts it (data chunker, or metadata chunker for `BlobKind::Meta`),
@@ -707,7 +864,26 @@ impl Repository {
             }
         }
         self.absorb_finished();
-        Ok(std::mem::take(&mut self.write.finished))
+        let finished = std::mem::take(&mut self.write.finished);
+        if let Some(idx) = &self.index {
+            let indexed = finished
+                .iter()
+                .try_for_each(|p| idx.insert_pack(p))
+                .and_then(|_| idx.flush());
+            match indexed {
+                Ok(()) => {
+                    // The index has them now; keep the in-memory map small.
+                    for p in &finished {
+                        for b in &p.blobs {
+                            self.chunks.remove(&b.entry.id);
+                        }
+                    }
+                }
+                // A cache: keep the in-memory map and let the next open resynchronize.
+                Err(_) => self.index = None,
+            }
+        }
+        Ok(finished)
     }
 
     /// True when chunks have been written that `flush` has not yet made durable.
@@ -717,7 +893,7 @@ impl Repository {
 
     /// Reads one chunk, checking its ChunkId.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
-        let Some(loc) = self.chunks.get(id) else {
+        let Some(loc) = self.chunk_location(id) else {
             if self.write.pending.contains(id) {
                 return Err(RepoError::NotFlushed(*id));
             }

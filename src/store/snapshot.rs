@@ -476,6 +476,18 @@ impl Repository {
     pub fn write_snapshot(&mut self, prepared: PreparedSnapshot) -> Result<SnapshotId, RepoError> {
         self.storage()
             .create(&snapshot_path(&prepared.id), &prepared.bytes)?;
+        if let Ok(r) = seal::open_file(
+            self.keys(),
+            MAGIC_SNAPSHOT,
+            &[1],
+            SNAPSHOT_FILE_MAX,
+            &prepared.bytes,
+        )
+        .map_err(|_| ())
+        .and_then(|(_, p)| SnapshotRecord::decode(&p).map_err(|_| ()))
+        {
+            self.index_committed(&prepared.id, &r);
+        }
         Ok(prepared.id)
     }
 
