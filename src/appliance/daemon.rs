@@ -194,9 +194,12 @@ impl Daemon {
             }
         };
         self.default_password = has_default;
-        self.feed(now, Event::DefaultPassword {
-            available: has_default,
-        });
+        self.feed(
+            now,
+            Event::DefaultPassword {
+                available: has_default,
+            },
+        );
         self.poll_drive(now);
         self.feed(now, Event::Started);
         if self.notify {
@@ -215,7 +218,10 @@ impl Daemon {
             while let Ok((id, e)) = self.job_rx.try_recv() {
                 self.feed(Instant::now(), Event::Job(id, e));
             }
-            match self.rx.recv_timeout(timeout.min(Duration::from_millis(100))) {
+            match self
+                .rx
+                .recv_timeout(timeout.min(Duration::from_millis(100)))
+            {
                 Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(input) => self.input(input),
                 Err(RecvTimeoutError::Timeout) => {}

@@ -29,7 +29,7 @@ pub enum DestinationError {
         /// The backup checked.
         path: PathBuf,
         /// What was wrong.
-        source: FolderError,
+        source: Box<FolderError>,
     },
 }
 
@@ -121,7 +121,7 @@ impl Destination for FolderDestination {
         progress(300);
         let verify = |source| DestinationError::Verify {
             path: dir.clone(),
-            source,
+            source: Box::new(source),
         };
         let folder = BackupFolder::open(&dir).map_err(verify)?;
         let encrypted = folder.is_encrypted();
@@ -151,7 +151,12 @@ fn sync_dir_tree(dir: &Path) -> Result<(), DestinationError> {
         let path = path.to_path_buf();
         move |source| DestinationError::Io { path, source }
     };
-    for name in ["Manifest.db", "Manifest.plist", "Status.plist", "Info.plist"] {
+    for name in [
+        "Manifest.db",
+        "Manifest.plist",
+        "Status.plist",
+        "Info.plist",
+    ] {
         let p = dir.join(name);
         if let Ok(f) = std::fs::File::open(&p) {
             f.sync_all().map_err(io(&p))?;

@@ -297,7 +297,10 @@ mod tests {
         std::fs::write(dir.path().join(LABEL_FILE), "CRADLE\n").unwrap();
         assert_eq!(classify(&d), DriveKind::Labelled);
         std::fs::create_dir(dir.path().join(CRADLE_DIR)).unwrap();
-        assert_eq!(classify(&DirDrive::new(dir.path(), None)), DriveKind::Cradle);
+        assert_eq!(
+            classify(&DirDrive::new(dir.path(), None)),
+            DriveKind::Cradle
+        );
         // Classifying wrote nothing.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2);

@@ -459,7 +459,11 @@ impl Appliance {
         let next = self
             .queue
             .iter()
-            .find(|u| self.phones.get(*u).is_some_and(|p| p.attached && !p.attempted))
+            .find(|u| {
+                self.phones
+                    .get(*u)
+                    .is_some_and(|p| p.attached && !p.attempted)
+            })
             .cloned();
         let Some(udid) = next else { return };
         if let Some(p) = self.phones.get_mut(&udid) {
@@ -703,14 +707,14 @@ impl Appliance {
                                 p.last_backup,
                                 PhoneSummary {
                                     name: p.name.clone().unwrap_or_else(|| short_udid(u)),
-                                    last_verified_age: p.last_backup.map(|t| {
-                                        Duration::from_secs(now_unix.saturating_sub(t))
-                                    }),
+                                    last_verified_age: p
+                                        .last_backup
+                                        .map(|t| Duration::from_secs(now_unix.saturating_sub(t))),
                                 },
                             )
                         })
                         .collect();
-                    phones.sort_by(|a, b| b.0.cmp(&a.0));
+                    phones.sort_by_key(|p| std::cmp::Reverse(p.0));
                     Screen::Ready {
                         phones: phones.into_iter().map(|(_, s)| s).collect(),
                         free_bytes: d.free_bytes,

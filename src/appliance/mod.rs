@@ -4,6 +4,7 @@
 //! `machine` has no I/O and takes time as a parameter; `daemon` is the loop that feeds it;
 //! `job` runs one phone's backup on its own thread; `destination` hides where backups go.
 
+pub mod config;
 pub mod daemon;
 pub mod destination;
 pub mod drive;

@@ -118,10 +118,7 @@ pub fn screen_name(s: &Screen) -> &'static str {
 
 /// The report for people.
 pub fn render_human(r: &StatusReport, now_unix: u64) -> String {
-    let mut s = format!(
-        "cradle {}: {} (screen: {})\n",
-        r.version, r.state, r.screen
-    );
+    let mut s = format!("cradle {}: {} (screen: {})\n", r.version, r.state, r.screen);
     match &r.drive {
         None => s.push_str("drive: none\n"),
         Some(d) => s.push_str(&format!(
@@ -165,7 +162,11 @@ pub fn render_human(r: &StatusReport, now_unix: u64) -> String {
                 .map(|r| format!(", last result {r}"))
                 .unwrap_or_default(),
             if p.attached { ", plugged in" } else { "" },
-            if p.ignored { ", ignored (not allowed)" } else { "" },
+            if p.ignored {
+                ", ignored (not allowed)"
+            } else {
+                ""
+            },
         ));
     }
     s

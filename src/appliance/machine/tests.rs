@@ -161,7 +161,12 @@ fn happy_path_with_encryption_turned_on() {
                 "passcode60",
                 &[],
             ),
-            (8, job(1, JobEvent::EncryptionEnabled), "backing-up", &["backup1"]),
+            (
+                8,
+                job(1, JobEvent::EncryptionEnabled),
+                "backing-up",
+                &["backup1"],
+            ),
             (
                 10,
                 job(
@@ -176,17 +181,33 @@ fn happy_path_with_encryption_turned_on() {
             ),
             (
                 20,
-                job(1, JobEvent::Received { files: 3, bytes: 100 }),
+                job(
+                    1,
+                    JobEvent::Received {
+                        files: 3,
+                        bytes: 100,
+                    },
+                ),
                 "saving",
                 &[],
             ),
             (
                 21,
-                job(1, JobEvent::Verifying { permille: Some(500) }),
+                job(
+                    1,
+                    JobEvent::Verifying {
+                        permille: Some(500),
+                    },
+                ),
                 "verifying",
                 &[],
             ),
-            (22, job(1, verified(true)), "verifying", &["log-end:ok", "release1"]),
+            (
+                22,
+                job(1, verified(true)),
+                "verifying",
+                &["log-end:ok", "release1"],
+            ),
             (23, job(1, JobEvent::Unmounted), "done", &[]),
             (30, detach(U1), "ready", &[]),
         ],
@@ -256,7 +277,10 @@ fn unknown_password_is_stored_raw_and_says_so() {
     r.ev(2, attach(U1));
     r.ev(3, job(1, ident(true)));
     r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
-    assert_eq!(kinds(&r.ev(5, job(1, verified(false)))), ["log-end:ok-raw", "release1"]);
+    assert_eq!(
+        kinds(&r.ev(5, job(1, verified(false)))),
+        ["log-end:ok-raw", "release1"]
+    );
     assert!(r.ev(6, job(1, JobEvent::Unmounted)).is_empty());
     assert_eq!(kind(&r.screen(6)), "error:WrongPassword");
     assert_eq!(r.m.state_name(), "done-raw");
@@ -398,8 +422,18 @@ fn drive_removed_mid_backup_then_next_drive_retries_the_phone() {
                 "error:DriveRemoved",
                 &["cancel1", "log-end:drive-removed"],
             ),
-            (5, job(1, JobEvent::Failed(Failure::DriveGone)), "error:DriveRemoved", &[]),
-            (6, drive(DriveKind::Cradle), "found", &["log-start", "start2"]),
+            (
+                5,
+                job(1, JobEvent::Failed(Failure::DriveGone)),
+                "error:DriveRemoved",
+                &[],
+            ),
+            (
+                6,
+                drive(DriveKind::Cradle),
+                "found",
+                &["log-start", "start2"],
+            ),
         ],
     );
 }
@@ -423,7 +457,10 @@ fn drive_removed_while_idle_or_after_verify() {
 #[test]
 fn unknown_or_unreadable_drive_is_never_used() {
     for (k, want) in [
-        (DriveKind::Unknown, "error:Other { code: \"not a Cradle drive\" }"),
+        (
+            DriveKind::Unknown,
+            "error:Other { code: \"not a Cradle drive\" }",
+        ),
         (DriveKind::Unreadable, "error:DriveUnreadable"),
     ] {
         let mut r = Rig::new(None);
@@ -434,7 +471,12 @@ fn unknown_or_unreadable_drive_is_never_used() {
                 (1, drive(k), want, &[]),
                 (2, attach(U1), want, &[]),
                 (3, Event::DriveRemoved, "no-drive", &[]),
-                (4, drive(DriveKind::Labelled), "found", &["log-start", "start1"]),
+                (
+                    4,
+                    drive(DriveKind::Labelled),
+                    "found",
+                    &["log-start", "start1"],
+                ),
             ],
         );
     }
@@ -448,7 +490,12 @@ fn phone_before_drive_and_before_start_waits() {
         &[
             (0, attach(U1), "boot", &[]),
             (0, Event::Started, "no-drive", &[]),
-            (1, drive(DriveKind::Cradle), "found", &["log-start", "start1"]),
+            (
+                1,
+                drive(DriveKind::Cradle),
+                "found",
+                &["log-start", "start1"],
+            ),
         ],
     );
 }
@@ -463,10 +510,25 @@ fn two_phones_take_turns() {
             (2, attach(U1), "found", &["log-start", "start1"]),
             (3, attach(U2), "found", &[]),
             (4, job(1, ident(true)), "backing-up", &["backup1"]),
-            (5, job(1, JobEvent::Received { files: 1, bytes: 1 }), "saving", &[]),
-            (6, job(1, verified(true)), "verifying", &["log-end:ok", "release1"]),
+            (
+                5,
+                job(1, JobEvent::Received { files: 1, bytes: 1 }),
+                "saving",
+                &[],
+            ),
+            (
+                6,
+                job(1, verified(true)),
+                "verifying",
+                &["log-end:ok", "release1"],
+            ),
             // The first is done: the second starts at once.
-            (7, job(1, JobEvent::Unmounted), "found", &["log-start", "start2"]),
+            (
+                7,
+                job(1, JobEvent::Unmounted),
+                "found",
+                &["log-start", "start2"],
+            ),
             (
                 8,
                 job(2, JobEvent::Failed(Failure::TrustDenied)),
