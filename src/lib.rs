@@ -17,5 +17,6 @@ pub mod sd_notify;
 pub mod secrets;
 pub mod services;
 pub mod sim;
+pub mod store;
 pub mod transport;
 pub mod usb;

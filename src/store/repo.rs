@@ -1,0 +1,881 @@
+//! The repository: `init` and `open` with a password, and the blob writer and reader on top of
+//! packs (format.md §5, §6, §7, §15): `put_stream` chunks, dedups, compresses, seals and packs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use super::caps::{CONFIG_FILE_MAX, KEY_FILES_MAX, KEY_FILE_LEN, STREAM_DIRECT_MAX};
+use super::chunker::{Chunker, ChunkerParams, NORMALIZATION_LEVEL};
+use super::codec::{DecodeError, Reader};
+use super::ids::{ChunkId, KeyId, PackId, RepoId};
+use super::keys::{self, KdfParams, KeyError, Keys, MasterSecret};
+use super::pack::{self, BlobLoc, FinishedPack, PackError, PackWriter, ZSTD_LEVEL};
+use super::seal::{self, BlobKind, SealError, MAGIC_CONFIG};
+use super::storage::{Storage, StorageError};
+use super::stream::{Stream, StreamForm};
+use crate::password::Password;
+
+/// The repository format version this build reads and writes (`config.1`).
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the config file of this format version.
+pub const CONFIG_NAME: &str = "config.1";
+/// Default pack target size (writer preference, §8).
+pub const PACK_TARGET_DEFAULT: u32 = 16 * 1024 * 1024;
+
+/// Top-level directories created by `init`, besides the 256 `packs/xx`.
+pub const DIRS: [&str; 7] = [
+    "keys",
+    "packs",
+    "snapshots",
+    "pins",
+    "locks",
+    "staging",
+    "index",
+];
+
+/// Text of `README.txt` (for humans; never parsed).
+pub const README_TEXT: &str = "\
+This folder is a Cradle repository: encrypted, deduplicated snapshots of iPhone backups.
+
+Its password is the iPhone backup password set on the Cradle box.
+
+To read it on a computer, install `cradle`, then run:
+    cradle snapshots --repo <this folder>
+    cradle export <snapshot> --repo <this folder> --out <dir>
+
+Do not edit, rename or delete files here by hand: snapshots could become unreadable.
+The `index/` folder is a cache and may be deleted; it is rebuilt when needed.
+
+Format: Cradle's docs/format.md, repository format version 1.
+";
+
+/// Everything `init` lets a caller choose.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    /// Argon2id costs of the first key file.
+    pub kdf: KdfParams,
+    /// Data chunker sizes.
+    pub data_chunker: ChunkerParams,
+    /// Metadata chunker sizes.
+    pub meta_chunker: ChunkerParams,
+    /// Pack target size in bytes.
+    pub pack_target: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::DEFAULT,
+            data_chunker: ChunkerParams::DATA_DEFAULT,
+            meta_chunker: ChunkerParams::META_DEFAULT,
+            pack_target: PACK_TARGET_DEFAULT,
+        }
+    }
+}
+
+impl InitOptions {
+    /// Small and fast settings for tests: tiny Argon2id, 1/4/16 KiB data chunks, 1 MiB packs.
+    pub fn for_tests() -> Self {
+        InitOptions {
+            kdf: KdfParams::INSECURE_FOR_TESTS,
+            data_chunker: ChunkerParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            meta_chunker: ChunkerParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            pack_target: 1024 * 1024,
+        }
+    }
+}
+
+/// The repository's config (§6), read from `config.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The repository's identity.
+    pub repo_id: RepoId,
+    /// When `init` ran (ms since the epoch).
+    pub created: i64,
+    /// Data chunker sizes.
+    pub data_chunker: ChunkerParams,
+    /// Metadata chunker sizes.
+    pub meta_chunker: ChunkerParams,
+    /// Pack target size in bytes.
+    pub pack_target: u32,
+}
+
+const CONFIG_PAYLOAD_LEN: usize = 76;
+
+impl Config {
+    /// Encodes the 76-byte payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(CONFIG_PAYLOAD_LEN);
+        b.extend_from_slice(self.repo_id.as_bytes());
+        b.extend_from_slice(&self.created.to_le_bytes());
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.push(1);
+        b.push(NORMALIZATION_LEVEL);
+        b.extend_from_slice(&[0, 0]);
+        for p in [self.data_chunker, self.meta_chunker] {
+            b.extend_from_slice(&p.min.to_le_bytes());
+            b.extend_from_slice(&p.avg.to_le_bytes());
+            b.extend_from_slice(&p.max.to_le_bytes());
+        }
+        b.extend_from_slice(&self.pack_target.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates the payload (known algorithm, level, valid chunker sizes).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let repo_id = RepoId::from_bytes(r.array("repo id")?);
+        let created = r.i64("created")?;
+        let version = r.u32("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnknownValue {
+                field: "format version",
+                value: u64::from(version),
+            });
+        }
+        let algo = r.u8("chunker algorithm")?;
+        if algo != 1 {
+            return Err(DecodeError::UnknownValue {
+                field: "chunker algorithm",
+                value: u64::from(algo),
+            });
+        }
+        let level = r.u8("normalization level")?;
+        if level != NORMALIZATION_LEVEL {
+            return Err(DecodeError::UnknownValue {
+                field: "normalization level",
+                value: u64::from(level),
+            });
+        }
+        r.reserved(2, "config reserved")?;
+        let mut chunker = || -> Result<ChunkerParams, DecodeError> {
+            let p = ChunkerParams {
+                min: r.u32("chunker min")?,
+                avg: r.u32("chunker avg")?,
+                max: r.u32("chunker max")?,
+            };
+            if !p.is_valid() {
+                return Err(DecodeError::Invalid("chunker sizes out of range"));
+            }
+            Ok(p)
+        };
+        let data_chunker = chunker()?;
+        let meta_chunker = chunker()?;
+        let pack_target = r.u32("pack target")?;
+        if !(64 * 1024..=32 * 1024 * 1024).contains(&pack_target) {
+            return Err(DecodeError::Invalid("pack target out of range"));
+        }
+        r.finish()?;
+        Ok(Config {
+            repo_id,
+            created,
+            data_chunker,
+            meta_chunker,
+            pack_target,
+        })
+    }
+}
+
+/// A failed repository operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The drive could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A pack is damaged, missing or foreign.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// No `config.N` here: not a Cradle repository (or not initialized).
+    #[error("not a Cradle repository (no config.1)")]
+    NotARepository,
+    /// `init` found an existing repository.
+    #[error("a Cradle repository already exists here")]
+    AlreadyInitialized,
+    /// A newer format than this build knows.
+    #[error("repository format version {0} needs a newer Cradle (this one reads version 1)")]
+    UnsupportedFormat(u32),
+    /// No key file opens with this password.
+    #[error("wrong password: no key file in keys/ opens with it")]
+    WrongPassword,
+    /// `keys/` holds no key file.
+    #[error("no key files in keys/")]
+    NoKeyFiles,
+    /// A key file could not be made.
+    #[error("key file: {0}")]
+    Key(#[from] KeyError),
+    /// A sealed object does not open.
+    #[error("{path}: {source}")]
+    Seal {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: SealError,
+    },
+    /// A record is malformed.
+    #[error("{path}: {source}")]
+    Decode {
+        /// The file (or stream).
+        path: String,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// Options that `init` cannot accept.
+    #[error("invalid options: {0}")]
+    BadOptions(&'static str),
+    /// A chunk referenced by a stream is in no pack.
+    #[error("chunk {0} is in no pack")]
+    ChunkMissing(ChunkId),
+    /// A chunk is in a pack that is not durable yet (call `flush` first).
+    #[error("chunk {0} is in a pack not yet flushed")]
+    NotFlushed(ChunkId),
+    /// A stream's chunks do not add up to its length, or its list is malformed.
+    #[error("stream is damaged: {0}")]
+    BadStream(&'static str),
+    /// A stream needs more chunks than even an indirect stream can list.
+    #[error("stream too long for one indirect level")]
+    StreamTooLong,
+    /// The caller's reader failed.
+    #[error("reading the input: {0}")]
+    Input(#[source] io::Error),
+    /// The caller's writer failed.
+    #[error("writing the output: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// Where a stored chunk lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLoc {
+    /// The pack.
+    pub pack: PackId,
+    /// The blob inside it.
+    pub blob: BlobLoc,
+}
+
+/// Milliseconds since the epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Open packs and dedup state of a writer.
+struct WriteState {
+    data: Option<PackWriter>,
+    meta: Option<PackWriter>,
+    /// Chunks written to packs not yet finished.
+    pending: HashSet<ChunkId>,
+    /// Packs finished since the last `flush` returned them.
+    finished: Vec<FinishedPack>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+    blob: Vec<u8>,
+}
+
+/// Per-stream compression heuristic (a writer choice, not a format rule, §7).
+struct CompressPolicy {
+    enabled: bool,
+    misses: u32,
+    since_try: u32,
+}
+
+impl CompressPolicy {
+    fn new(kind: BlobKind) -> Self {
+        CompressPolicy {
+            enabled: kind != BlobKind::Raw,
+            misses: 0,
+            since_try: 0,
+        }
+    }
+
+    /// Looks at the first chunk: JPEG, HEIC/MOV/MP4 (`ftyp`), PNG, ZIP/zstd/gzip never pay.
+    fn sniff(&mut self, first: &[u8]) {
+        let known = first.starts_with(&[0xff, 0xd8, 0xff])
+            || first.get(4..8) == Some(b"ftyp")
+            || first.starts_with(b"\x89PNG")
+            || first.starts_with(b"PK\x03\x04")
+            || first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+            || first.starts_with(&[0x1f, 0x8b]);
+        if known {
+            self.enabled = false;
+        }
+    }
+
+    /// Whether to try compressing the next chunk: after two misses in a row, only every 16th.
+    fn attempt(&mut self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.misses < 2 {
+            return true;
+        }
+        self.since_try += 1;
+        if self.since_try >= 16 {
+            self.since_try = 0;
+            return true;
+        }
+        false
+    }
+
+    fn record(&mut self, tried: bool, paid: bool) {
+        if tried {
+            self.misses = if paid {
+                0
+            } else {
+                self.misses.saturating_add(1)
+            };
+        }
+    }
+}
+
+/// An open repository. Reading needs only `&self`; writing (`put_stream`, `flush`) needs `&mut`.
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    keys: Keys,
+    config: Config,
+    key_id: KeyId,
+    chunks: HashMap<ChunkId, ChunkLoc>,
+    damaged: Vec<PackError>,
+    write: WriteState,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("storage", &self.storage)
+            .field("repo_id", &self.config.repo_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Creates a repository in the (empty) storage root: every directory, a key file for
+    /// `password`, `config.1` and `README.txt`; then opens it.
+    pub fn init(
+        storage: Arc<dyn Storage>,
+        password: &Password,
+        options: &InitOptions,
+    ) -> Result<Repository, RepoError> {
+        if !options.data_chunker.is_valid() || !options.meta_chunker.is_valid() {
+            return Err(RepoError::BadOptions("chunker sizes"));
+        }
+        if !(64 * 1024..=32 * 1024 * 1024).contains(&options.pack_target) {
+            return Err(RepoError::BadOptions("pack target"));
+        }
+        options.kdf.check()?;
+        if storage.list("")?.iter().any(|n| n.starts_with("config.")) {
+            return Err(RepoError::AlreadyInitialized);
+        }
+        for d in DIRS {
+            storage.create_dir(d)?;
+        }
+        for i in 0..=255u8 {
+            storage.create_dir(&format!("packs/{i:02x}"))?;
+        }
+        let master = MasterSecret::random();
+        let now = now_ms();
+        let config = Config {
+            repo_id: RepoId::random(),
+            created: now,
+            data_chunker: options.data_chunker,
+            meta_chunker: options.meta_chunker,
+            pack_target: options.pack_target,
+        };
+        let keys = Keys::derive(&master);
+        // Key file first: a crash before config.1 leaves no repository, and `init` can run again.
+        let key_file = keys::make_key_file(password, &master, &config.repo_id, options.kdf, now)?;
+        let key_id = KeyId::of_file(&key_file);
+        storage.create(&format!("keys/{key_id}"), &key_file)?;
+        let sealed = seal::seal_file(&keys, MAGIC_CONFIG, 1, &config.encode());
+        storage.create(CONFIG_NAME, &sealed)?;
+        if !storage.exists("README.txt")? {
+            storage.create("README.txt", README_TEXT.as_bytes())?;
+        }
+        Ok(Repository::from_parts(storage, keys, config, key_id))
+    }
+
+    /// Opens the repository with `password`. Nothing is written. Tries each key file in `keys/`
+    /// (at most `KEY_FILES_MAX`); a key file that unwraps but does not open `config.1` is skipped.
+    pub fn open(storage: Arc<dyn Storage>, password: &Password) -> Result<Repository, RepoError> {
+        let root = storage.list("")?;
+        let newest = root
+            .iter()
+            .filter_map(|n| n.strip_prefix("config."))
+            .filter_map(|v| v.parse::<u32>().ok())
+            .max()
+            .ok_or(RepoError::NotARepository)?;
+        if newest != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedFormat(newest));
+        }
+        let sealed_config = storage.read(CONFIG_NAME, CONFIG_FILE_MAX)?;
+        let names: Vec<String> = storage
+            .list("keys")?
+            .into_iter()
+            .filter(|n| KeyId::from_hex(n).is_some())
+            .take(KEY_FILES_MAX)
+            .collect();
+        if names.is_empty() {
+            return Err(RepoError::NoKeyFiles);
+        }
+        for name in names {
+            let path = format!("keys/{name}");
+            let Ok(bytes) = storage.read(&path, KEY_FILE_LEN) else {
+                continue;
+            };
+            if KeyId::of_file(&bytes).to_hex() != name {
+                continue; // damaged or renamed: its name no longer matches its bytes
+            }
+            let Ok((master, repo_id)) = keys::open_key_file(&bytes, password) else {
+                continue;
+            };
+            let keys = Keys::derive(&master);
+            let Ok((_, payload)) =
+                seal::open_file(&keys, MAGIC_CONFIG, &[1], CONFIG_FILE_MAX, &sealed_config)
+            else {
+                continue; // foreign key file
+            };
+            let config = Config::decode(&payload).map_err(|source| RepoError::Decode {
+                path: CONFIG_NAME.into(),
+                source,
+            })?;
+            if config.repo_id != repo_id {
+                continue;
+            }
+            let key_id = KeyId::from_hex(&name).unwrap_or_default();
+            let mut repo = Repository::from_parts(storage, keys, config, key_id);
+            repo.load_chunks()?;
+            return Ok(repo);
+        }
+        Err(RepoError::WrongPassword)
+    }
+
+    fn from_parts(storage: Arc<dyn Storage>, keys: Keys, config: Config, key_id: KeyId) -> Self {
+        Repository {
+            storage,
+            keys,
+            config,
+            key_id,
+            chunks: HashMap::new(),
+            damaged: Vec::new(),
+            write: WriteState {
+                data: None,
+                meta: None,
+                pending: HashSet::new(),
+                finished: Vec::new(),
+                compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+                scratch: Vec::new(),
+                blob: Vec::new(),
+            },
+        }
+    }
+
+    /// Reads every pack header into the chunk map. A pack whose header does not check out is
+    /// left out (its chunks read as missing) and listed by `damaged_packs`; `check` reports it.
+    fn load_chunks(&mut self) -> Result<(), RepoError> {
+        for pack in self.list_packs()? {
+            let blobs = match pack::read_pack_header(self.storage.as_ref(), &self.keys, &pack) {
+                Ok((_, blobs)) => blobs,
+                Err(PackError {
+                    problem: pack::PackProblem::Storage(e),
+                    ..
+                }) if !e.is_not_found() && !matches!(e, StorageError::ShortRead { .. }) => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    self.damaged.push(e);
+                    continue;
+                }
+            };
+            for b in blobs {
+                self.chunks
+                    .entry(b.entry.id)
+                    .or_insert(ChunkLoc { pack, blob: b });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pack under its final name (temporary files ignored), from the drive.
+    pub fn list_packs(&self) -> Result<Vec<PackId>, RepoError> {
+        let mut out = Vec::new();
+        for i in 0..=255u8 {
+            let dir = format!("packs/{i:02x}");
+            for n in self.storage.list(&dir)? {
+                if let Some(id) = PackId::from_hex(&n) {
+                    if id.as_bytes()[0] == i {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packs whose header failed its checks when the repository was opened.
+    pub fn damaged_packs(&self) -> &[PackError] {
+        &self.damaged
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key file that opened the repository.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The subkeys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Where a chunk lies, if it is in a durable pack.
+    pub fn chunk_location(&self, id: &ChunkId) -> Option<ChunkLoc> {
+        self.chunks.get(id).copied()
+    }
+
+    /// Whether the repository already holds (or is writing) this chunk.
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id) || self.write.pending.contains(id)
+    }
+
+    /// Stores a byte stream: cuts it (data chunker, or metadata chunker for `BlobKind::Meta`),
+    /// skips chunks already stored, compresses when it pays, seals, and appends to packs (meta
+    /// blobs to packs of their own). Long streams become indirect. The chunks are durable only
+    /// after `flush`.
+    pub fn put_stream(&mut self, reader: impl Read, kind: BlobKind) -> Result<Stream, RepoError> {
+        let params = match kind {
+            BlobKind::Meta => self.config.meta_chunker,
+            _ => self.config.data_chunker,
+        };
+        let mut chunker = Chunker::new(reader, params, self.keys.cdc_seed());
+        let mut policy = CompressPolicy::new(kind);
+        let mut ids = Vec::new();
+        let mut length = 0u64;
+        while let Some(chunk) = chunker.next_chunk().map_err(RepoError::Input)? {
+            if ids.is_empty() {
+                policy.sniff(chunk);
+            }
+            let id = self.keys.chunk_id(chunk);
+            length += chunk.len() as u64;
+            ids.push(id);
+            self.put_chunk(id, kind, chunk, &mut policy)?;
+        }
+        if ids.len() <= STREAM_DIRECT_MAX as usize {
+            return Ok(Stream {
+                length,
+                form: StreamForm::Direct,
+                ids,
+            });
+        }
+        let list: Vec<u8> = ids.iter().flat_map(|i| *i.as_bytes()).collect();
+        let inner = self.put_stream(&list[..], BlobKind::Meta)?;
+        if inner.form != StreamForm::Direct {
+            return Err(RepoError::StreamTooLong);
+        }
+        Ok(Stream {
+            length,
+            form: StreamForm::Indirect,
+            ids: inner.ids,
+        })
+    }
+
+    /// Stores one chunk unless it is already stored.
+    fn put_chunk(
+        &mut self,
+        id: ChunkId,
+        kind: BlobKind,
+        chunk: &[u8],
+        policy: &mut CompressPolicy,
+    ) -> Result<(), RepoError> {
+        if self.has_chunk(&id) {
+            return Ok(());
+        }
+        let w = &mut self.write;
+        let tried = policy.attempt();
+        w.blob.clear();
+        let entry = pack::encode_blob(
+            &self.keys,
+            if tried { w.compressor.as_mut() } else { None },
+            &id,
+            kind,
+            chunk,
+            &mut w.scratch,
+            &mut w.blob,
+        );
+        policy.record(tried, entry.flags != 0);
+        let slot = if kind == BlobKind::Meta {
+            &mut w.meta
+        } else {
+            &mut w.data
+        };
+        if slot.as_ref().is_some_and(|p| !p.has_room(w.blob.len())) {
+            if let Some(full) = slot.take() {
+                let fin = full.finish(&self.keys)?;
+                w.finished.push(fin);
+            }
+        }
+        if slot.is_none() {
+            *slot = Some(PackWriter::create(self.storage.as_ref())?);
+        }
+        if let Some(p) = slot.as_mut() {
+            p.add(entry, &w.blob)?;
+            w.pending.insert(id);
+            if p.len() >= u64::from(self.config.pack_target) {
+                if let Some(full) = slot.take() {
+                    let fin = full.finish(&self.keys)?;
+                    w.finished.push(fin);
+                }
+            }
+        }
+        self.absorb_finished();
+        Ok(())
+    }
+
+    /// Moves the chunks of finished packs from `pending` to the chunk map.
+    fn absorb_finished(&mut self) {
+        for fin in &self.write.finished {
+            for b in &fin.blobs {
+                if self.write.pending.remove(&b.entry.id) {
+                    self.chunks.insert(
+                        b.entry.id,
+                        ChunkLoc {
+                            pack: fin.id,
+                            blob: *b,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Finishes the open packs, making every chunk written so far durable (§15.1 step 1).
+    /// Returns the packs finished since the previous `flush`.
+    pub fn flush(&mut self) -> Result<Vec<FinishedPack>, RepoError> {
+        for slot in [&mut self.write.data, &mut self.write.meta] {
+            if let Some(p) = slot.take() {
+                let fin = p.finish(&self.keys)?;
+                self.write.finished.push(fin);
+            }
+        }
+        self.absorb_finished();
+        Ok(std::mem::take(&mut self.write.finished))
+    }
+
+    /// True when chunks have been written that `flush` has not yet made durable.
+    pub fn has_unflushed(&self) -> bool {
+        !self.write.pending.is_empty()
+    }
+
+    /// Reads one chunk, checking its ChunkId.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        let Some(loc) = self.chunks.get(id) else {
+            if self.write.pending.contains(id) {
+                return Err(RepoError::NotFlushed(*id));
+            }
+            return Err(RepoError::ChunkMissing(*id));
+        };
+        Ok(pack::read_blob(
+            self.storage.as_ref(),
+            &self.keys,
+            &loc.pack,
+            &loc.blob,
+            true,
+        )?)
+    }
+
+    /// Reads a stream's bytes one chunk at a time (bounded memory), as an `io::Read`.
+    /// Errors surface as `io::Error`s wrapping a `RepoError`.
+    pub fn open_stream<'r>(&'r self, stream: &'r Stream) -> StreamReader<'r> {
+        StreamReader {
+            repo: self,
+            stream,
+            next: 0,
+            list_ids: VecDeque::new(),
+            carry: Vec::new(),
+            cur: Vec::new(),
+            cur_pos: 0,
+            total: 0,
+            done: false,
+        }
+    }
+
+    /// Writes a stream's bytes to `out`, verifying every ChunkId and the total length.
+    /// Returns the number of bytes written.
+    pub fn read_stream(&self, stream: &Stream, out: &mut impl Write) -> Result<u64, RepoError> {
+        let mut r = self.open_stream(stream);
+        let mut n = 0u64;
+        loop {
+            let chunk = match r.next_chunk() {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(n),
+                Err(e) => return Err(e),
+            };
+            out.write_all(&chunk).map_err(RepoError::Output)?;
+            n += chunk.len() as u64;
+        }
+    }
+}
+
+/// Reads a stream through its chunks; see `Repository::open_stream`.
+pub struct StreamReader<'r> {
+    repo: &'r Repository,
+    stream: &'r Stream,
+    next: usize,
+    list_ids: VecDeque<ChunkId>,
+    carry: Vec<u8>,
+    cur: Vec<u8>,
+    cur_pos: usize,
+    total: u64,
+    done: bool,
+}
+
+impl StreamReader<'_> {
+    fn next_id(&mut self) -> Result<Option<ChunkId>, RepoError> {
+        match self.stream.form {
+            StreamForm::Direct => {
+                let id = self.stream.ids.get(self.next).copied();
+                self.next += 1;
+                Ok(id)
+            }
+            StreamForm::Indirect => loop {
+                if let Some(id) = self.list_ids.pop_front() {
+                    return Ok(Some(id));
+                }
+                let Some(list_id) = self.stream.ids.get(self.next).copied() else {
+                    if !self.carry.is_empty() {
+                        return Err(RepoError::BadStream(
+                            "chunk list is not a multiple of 32 bytes",
+                        ));
+                    }
+                    return Ok(None);
+                };
+                self.next += 1;
+                let list = self.repo.read_chunk(&list_id)?;
+                self.carry.extend_from_slice(&list);
+                let whole = self.carry.len() / 32 * 32;
+                for c in self.carry[..whole].chunks_exact(32) {
+                    self.list_ids
+                        .push_back(ChunkId::from_slice(c).unwrap_or_default());
+                }
+                self.carry.drain(..whole);
+            },
+        }
+    }
+
+    /// The next chunk's bytes, or `None` at the end (after checking the total length).
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, RepoError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.next_id()? {
+            Some(id) => {
+                let c = self.repo.read_chunk(&id)?;
+                self.total += c.len() as u64;
+                if self.total > self.stream.length {
+                    return Err(RepoError::BadStream("chunks are longer than the stream"));
+                }
+                Ok(Some(c))
+            }
+            None => {
+                self.done = true;
+                if self.total != self.stream.length {
+                    return Err(RepoError::BadStream("chunks are shorter than the stream"));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Read for StreamReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur_pos == self.cur.len() {
+            match self.next_chunk() {
+                Ok(Some(c)) => {
+                    self.cur = c;
+                    self.cur_pos = 0;
+                }
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.cur_pos);
+        buf[..n].copy_from_slice(&self.cur[self.cur_pos..self.cur_pos + n]);
+        self.cur_pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip_and_rejections() {
+        let c = Config {
+            repo_id: RepoId::random(),
+            created: 42,
+            data_chunker: ChunkerParams::DATA_DEFAULT,
+            meta_chunker: ChunkerParams::META_DEFAULT,
+            pack_target: PACK_TARGET_DEFAULT,
+        };
+        let b = c.encode();
+        assert_eq!(b.len(), CONFIG_PAYLOAD_LEN);
+        assert_eq!(Config::decode(&b).unwrap(), c);
+        for (off, v) in [(40usize, 2u8), (44, 2), (45, 0), (46, 1)] {
+            let mut bad = b.clone();
+            bad[off] = v;
+            assert!(Config::decode(&bad).is_err(), "offset {off}");
+        }
+        // min over the crate's limit; avg above max; pack target of 0.
+        for (off, v) in [(48usize, u32::MAX), (64, 300 * 1024), (72, 0)] {
+            let mut bad = b.clone();
+            bad[off..off + 4].copy_from_slice(&v.to_le_bytes());
+            assert!(Config::decode(&bad).is_err(), "offset {off}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(Config::decode(&long), Err(DecodeError::Trailing(1)));
+        assert!(Config::decode(&b[..75]).is_err());
+    }
+
+    #[test]
+    fn compress_policy_backs_off_and_sniffs() {
+        let mut p = CompressPolicy::new(BlobKind::Data);
+        assert!(p.attempt());
+        p.record(true, false);
+        assert!(p.attempt());
+        p.record(true, false);
+        let tries = (0..32).filter(|_| p.attempt()).count();
+        assert_eq!(tries, 2);
+        p.record(true, true);
+        assert!(p.attempt());
+        let mut raw = CompressPolicy::new(BlobKind::Raw);
+        assert!(!raw.attempt());
+        let mut jpeg = CompressPolicy::new(BlobKind::Data);
+        jpeg.sniff(&[0xff, 0xd8, 0xff, 0xe0, 0, 0]);
+        assert!(!jpeg.attempt());
+        let mut heic = CompressPolicy::new(BlobKind::Data);
+        heic.sniff(b"\0\0\0\x18ftypheic");
+        assert!(!heic.attempt());
+    }
+}
