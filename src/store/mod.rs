@@ -44,10 +44,16 @@
 pub mod caps;
 pub mod chunker;
 pub mod codec;
+pub mod export;
 pub mod ids;
+pub mod ingest;
+pub mod journal;
 pub mod keys;
 pub mod pack;
 pub mod repo;
+pub mod repo_target;
 pub mod seal;
+pub mod snaprec;
+pub mod staging;
 pub mod storage;
 pub mod stream;
