@@ -507,3 +507,40 @@ fn cli_set_status_forget() {
     assert!(text.contains("no passwords stored"), "{text}");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn new_default_wins_over_the_copy_systemd_loaded_at_start() {
+    if !peers_present() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let state = tempfile::tempdir().unwrap();
+    let creds = state.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("cradle-default-password"), PASSWORDS[0]).unwrap();
+    let store = SystemdCredsStore::open(Config {
+        state_dir: state.path().join("secrets"),
+        credentials_dir: Some(creds),
+        tpm: TpmDevice::Explicit(tpm.tcti()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        store.get(&Slot::Default).unwrap().expose(),
+        PASSWORDS[0].as_bytes()
+    );
+
+    let drive = tempfile::tempdir().unwrap();
+    std::fs::write(drive.path().join(DRIVE_PASSWORD_FILE), PASSWORDS[3]).unwrap();
+    let out = provision_from_drive(drive.path(), &store).unwrap().unwrap();
+    tpm.flush_sessions();
+    assert!(out.replaced);
+    assert_eq!(
+        store.get(&Slot::Default).unwrap().expose(),
+        PASSWORDS[3].as_bytes()
+    );
+    tpm.flush_sessions();
+    let list = store.list().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].mode, SealingMode::Tpm2);
+}

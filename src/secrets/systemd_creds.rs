@@ -10,12 +10,14 @@
 use super::{SealedEntry, SealingMode, SecretStore, SecretsError, Slot, Udid};
 use crate::password::{Password, MAX_PASSWORD_LEN};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// Where sealed passwords live on the box.
@@ -108,6 +110,9 @@ impl SystemdCredsConfig {
 pub struct SystemdCredsStore {
     cfg: SystemdCredsConfig,
     mode: SealingMode,
+    /// Slots set or removed by this process: their copy in `$CREDENTIALS_DIRECTORY` (unsealed at
+    /// service start) is stale from then on, so `get` and `list` skip it.
+    superseded: Mutex<BTreeSet<Slot>>,
 }
 
 impl SystemdCredsStore {
@@ -125,7 +130,11 @@ impl SystemdCredsStore {
         } else {
             return Err(SecretsError::NoTpm);
         };
-        Ok(SystemdCredsStore { cfg, mode })
+        Ok(SystemdCredsStore {
+            cfg,
+            mode,
+            superseded: Mutex::new(BTreeSet::new()),
+        })
     }
 
     pub fn config(&self) -> &SystemdCredsConfig {
@@ -154,10 +163,26 @@ impl SystemdCredsStore {
         cmd
     }
 
+    fn is_superseded(&self, slot: &Slot) -> bool {
+        self.superseded
+            .lock()
+            .map(|s| s.contains(slot))
+            .unwrap_or(true)
+    }
+
+    fn supersede(&self, slot: &Slot) {
+        if let Ok(mut s) = self.superseded.lock() {
+            s.insert(slot.clone());
+        }
+    }
+
     fn read_credentials_dir(&self, slot: &Slot) -> Result<Option<Password>, SecretsError> {
         let Some(dir) = &self.cfg.credentials_dir else {
             return Ok(None);
         };
+        if self.is_superseded(slot) {
+            return Ok(None);
+        }
         let path = dir.join(slot.credential_name());
         let mut raw = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_LEN + 3));
         match fs::File::open(&path) {
@@ -359,12 +384,16 @@ impl SecretStore for SystemdCredsStore {
         let sum = hex::encode(Sha256::digest(&out.stdout[..])) + "\n";
         write_atomic(&self.sum_path(slot), sum.as_bytes())?;
         write_atomic(&path, &out.stdout)?;
+        self.supersede(slot);
         tracing::info!(slot = %slot, mode = %self.mode, "sealed a backup password");
         Ok(())
     }
 
     fn remove(&self, slot: &Slot) -> Result<bool, SecretsError> {
         let path = self.sealed_path(slot);
+        // Even if nothing was sealed, a copy loaded by systemd must not answer any more.
+        let had_loaded = self.read_credentials_dir(slot)?.is_some();
+        self.supersede(slot);
         let existed = match fs::remove_file(&path) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -380,14 +409,18 @@ impl SecretStore for SystemdCredsStore {
             sync_dir(&self.cfg.state_dir)?;
             tracing::info!(slot = %slot, "forgot a backup password");
         }
-        Ok(existed)
+        Ok(existed || had_loaded)
     }
 
     fn list(&self) -> Result<Vec<SealedEntry>, SecretsError> {
         let mut out = Vec::new();
         if let Some(dir) = &self.cfg.credentials_dir {
             for (name, path) in dir_entries(dir)? {
-                if let Some(slot) = name.to_str().and_then(Slot::from_credential_name) {
+                if let Some(slot) = name
+                    .to_str()
+                    .and_then(Slot::from_credential_name)
+                    .filter(|s| !self.is_superseded(s))
+                {
                     out.push(SealedEntry {
                         slot,
                         mode: SealingMode::ServiceCredential,
@@ -829,6 +862,14 @@ mod tests {
         let listed = store.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].mode, SealingMode::ServiceCredential);
+        // Forgotten in this process: the copy systemd loaded at start no longer answers.
+        assert!(store.remove(&Slot::Default).unwrap());
+        assert!(matches!(
+            store.get(&Slot::Default),
+            Err(SecretsError::NotFound { .. })
+        ));
+        assert!(store.list().unwrap().is_empty());
+        assert!(!store.remove(&Slot::Default).unwrap());
     }
 
     #[test]
