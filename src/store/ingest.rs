@@ -798,7 +798,9 @@ fn decrypt_db(
                     reason: e.to_string(),
                 }
             })?;
-            Ok(len > 0 && len % 16 == 0 && matches!(d.padding, PaddingOutcome::Stripped(_)))
+            Ok(len > 0
+                && len.is_multiple_of(16)
+                && matches!(d.padding, PaddingOutcome::Stripped(_)))
         }
     }
 }
@@ -816,7 +818,7 @@ fn ingest_staged(
         let r = ctx.staged_reader(staged, sealed)?;
         return Ok(Content::Plain(ctx.repo.put_stream(r, BlobKind::Data)?));
     }
-    if let Some(k) = key.filter(|_| size > 0 && size % 16 == 0) {
+    if let Some(k) = key.filter(|_| size > 0 && size.is_multiple_of(16)) {
         let r = DecryptReader::with_padding(
             ctx.staged_reader(staged, sealed)?,
             &k,

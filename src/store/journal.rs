@@ -123,13 +123,10 @@ pub fn decode_frames(
     }
     let mut pos = HEADER_LEN;
     let mut out = Vec::new();
-    loop {
-        let Some(len) = bytes
-            .get(pos..pos + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            break;
-        };
+    while let Some(len) = bytes
+        .get(pos..pos + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    {
         if len > FRAME_MAX || (len as usize) < AEAD_OVERHEAD {
             break;
         }
