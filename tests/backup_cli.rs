@@ -66,6 +66,49 @@ fn extracted(backup: &Path, pw: &Path, out: &Path) -> BTreeMap<String, common::T
     read_tree(out)
 }
 
+/// The files of a backup as iphone-backup-decrypt decrypts them (`tests/peers/ibd_digest.py`),
+/// as `domain/path` → entry; `None` when the peer is not installed (and not required).
+fn ibd_files(backup: &Path, pw: &Path) -> Option<BTreeMap<String, common::TreeEntry>> {
+    let python = common::peer_python("ibd")?;
+    let mut c = Command::new(python);
+    c.arg(common::root().join("tests/peers/ibd_digest.py"))
+        .arg(backup)
+        .arg(pw);
+    let o = run_with_timeout(c, LIMIT);
+    assert!(
+        o.success,
+        "iphone-backup-decrypt on {}: {}",
+        backup.display(),
+        o.stderr
+    );
+    let mut files = BTreeMap::new();
+    for line in o.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["kind"] == "file" {
+            files.insert(
+                format!(
+                    "{}/{}",
+                    v["domain"].as_str().unwrap(),
+                    v["path"].as_str().unwrap()
+                ),
+                common::TreeEntry::File {
+                    sha256: v["sha256"].as_str().unwrap().to_string(),
+                    size: v["size"].as_u64().unwrap(),
+                },
+            );
+        }
+    }
+    Some(files)
+}
+
+/// Only the regular files of a tree.
+fn files_of(tree: &BTreeMap<String, common::TreeEntry>) -> BTreeMap<String, common::TreeEntry> {
+    tree.iter()
+        .filter(|(_, e)| matches!(e, common::TreeEntry::File { .. }))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// `… N files received, …` from cradle backup's summary line.
 fn files_received(summary: &str) -> u64 {
     let i = summary
@@ -176,6 +219,14 @@ fn usbmuxd_socket_cradle_and_idevicebackup2_back_up_the_same_phone() {
     let want = phone_tree(tmp.path(), SEED, 1);
     let got = extracted(&ours.join(&serve.udid), &pw, &tmp.path().join("x-ours"));
     assert_trees_equal(&want, &got, "cradle backup over usbmuxd, decrypted");
+    // An independent reader agrees, file by file.
+    if let Some(ibd) = ibd_files(&ours.join(&serve.udid), &pw) {
+        assert_trees_equal(
+            &files_of(&want),
+            &ibd,
+            "cradle's backup through iphone-backup-decrypt",
+        );
+    }
 
     if let (Some(ib2), Some(pair)) = (
         common::system_bin("idevicebackup2"),
@@ -413,5 +464,61 @@ fn unreachable_usbmuxd_and_missing_device_are_one_clear_line() {
         "{}",
         o.stderr
     );
+    serve.stop();
+}
+
+#[test]
+fn trust_denied_and_locked_phone_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (folder, state) = (tmp.path().join("b"), tmp.path().join("st"));
+    let backup = |serve: &Serve, extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "--usbmuxd",
+            &serve.addr,
+            "--to-folder",
+            s(&folder),
+            "--state-dir",
+            s(&state),
+            "--allow-unencrypted",
+        ];
+        args.extend_from_slice(extra);
+        cradle(&args)
+    };
+    let error_line = |o: &Output| {
+        assert_eq!(o.code, Some(2), "{o:?}");
+        let lines: Vec<&str> = o
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("cradle:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", o.stderr);
+        lines[0].to_string()
+    };
+
+    let serve = Serve::start(
+        &tmp.path().join("sim1"),
+        35,
+        1,
+        &["--unencrypted", "--trust", "deny"],
+    );
+    let line = error_line(&backup(&serve, &[]));
+    assert!(line.contains("refused to trust this computer"), "{line}");
+    assert!(line.contains("tap Trust"), "{line}");
+    serve.stop();
+
+    // Locked, and nobody unlocks it within the time given.
+    let serve = Serve::start(
+        &tmp.path().join("sim2"),
+        36,
+        1,
+        &["--unencrypted", "--trust", "locked-once"],
+    );
+    let line = error_line(&backup(&serve, &["--trust-timeout", "0"]));
+    assert!(line.contains("the phone is locked: unlock it"), "{line}");
+    // Unlocked meanwhile: the next attempt pairs and backs up.
+    let o = backup(&serve, &[]);
+    assert!(o.success, "{o:?}");
+    assert!(o.stdout.contains("NOT encrypted"), "{}", o.stdout);
     serve.stop();
 }

@@ -134,3 +134,36 @@ fn dimming_and_blanking_reach_the_bus_as_contrast_and_power_commands() {
         )
     );
 }
+
+#[test]
+fn preview_command_writes_every_screen_as_the_goldens_show_it() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(["display", "preview", "--scale", "2", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (name, _) in samples() {
+        let written = decode_png(&std::fs::read(out.path().join(format!("{name}.png"))).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let golden =
+            decode_png(&std::fs::read(golden_dir().join(format!("{name}.png"))).unwrap()).unwrap();
+        assert_eq!(written, golden, "{name}");
+    }
+}
+
+#[test]
+fn preview_command_prints_framed_half_block_screens() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(["display", "preview", "--terminal", "--only", "error-no-tpm"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "error-no-tpm");
+    assert_eq!(lines.len(), 1 + cradle::display::TERMINAL_ROWS + 2);
+    assert!(lines[1..].iter().all(|l| l.chars().count() == 130));
+    assert!(text.contains('▀') && text.contains('▄'));
+}

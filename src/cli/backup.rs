@@ -147,6 +147,19 @@ enum Connection {
     },
 }
 
+/// A simulated phone's pairings and password are saved however the run ends, so the next run
+/// (another day) finds this host still trusted.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Connection::Sim { phone, sim } = self {
+            phone.detach();
+            if let Err(e) = sim.shutdown() {
+                tracing::warn!(error = %e, "saving the simulated phone's state");
+            }
+        }
+    }
+}
+
 impl Connection {
     fn connector(&self) -> &dyn DeviceConnector {
         match self {
@@ -482,11 +495,6 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return fail(e, &mut display),
     };
     let secs = t.elapsed().as_secs_f64();
-    if let Connection::Sim { sim, .. } = &conn {
-        if let Err(e) = sim.shutdown() {
-            tracing::warn!(error = %e, "saving the simulated phone's state");
-        }
-    }
     let s = &report.summary;
     println!(
         "backup of {udid} into {}: {} files received, {} bytes ({:.1} MB) in {:.1} s \
@@ -552,6 +560,52 @@ mod tests {
         assert!(parse_sim("huge").is_err());
         assert!(parse_sim("tiny:x").is_err());
         assert!(parse_sim("tiny:1:1:1").is_err());
+    }
+
+    #[test]
+    fn errors_say_what_happened_and_what_to_do() {
+        use cradle::backup2::host::DeviceFailure;
+        let dir = Path::new("/backups");
+        let gone = explain(&RunError::Backup(HostError::PhoneDisconnected), dir);
+        assert!(
+            gone.contains("disconnected") && gone.contains("plug it in again"),
+            "{gone}"
+        );
+        assert!(gone.contains("/backups is left as it was"), "{gone}");
+        let full = explain(
+            &RunError::Backup(HostError::Device(DeviceFailure {
+                code: 105,
+                meaning: device_error_meaning(105),
+                description: Some("Insufficient free disk space".into()),
+            })),
+            dir,
+        );
+        assert!(
+            full.contains("ErrorCode 105 (not enough free space on the backup drive)"),
+            "{full}"
+        );
+        let denied = explain(
+            &RunError::Lockdown(lockdown::Error::Device {
+                request: "Pair".into(),
+                error: LockdownError::UserDeniedPairing,
+            }),
+            dir,
+        );
+        assert!(denied.contains("tap Trust"), "{denied}");
+        let locked = explain(
+            &RunError::Service {
+                service: "com.apple.mobilebackup2",
+                source: lockdown::Error::Device {
+                    request: "StartService".into(),
+                    error: LockdownError::PasswordProtected,
+                },
+            },
+            dir,
+        );
+        assert!(locked.starts_with("the phone is locked"), "{locked}");
+        for e in [gone, full, denied, locked] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
     }
 
     #[test]

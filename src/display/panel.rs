@@ -2,7 +2,7 @@
 //! linux-embedded-hal's `/dev/i2c-1` on the box, `FakeSsd1306` in tests), the terminal, PNG files.
 
 use super::draw::{draw, render};
-use super::frame::Frame;
+use super::frame::{Frame, HEIGHT, WIDTH};
 use super::png_io::{encode_png_level, PngError};
 use super::screen::Screen;
 use super::terminal::{render_terminal, TERMINAL_ROWS};
@@ -88,7 +88,9 @@ type Driver<I2C> =
 pub struct Ssd1306Panel<I2C> {
     driver: Driver<I2C>,
     address: u8,
-    /// The frame on the glass, to skip identical redraws (a full frame is ~90 ms at 100 kHz).
+    /// The frame on the glass (and in the driver's buffer), when known for sure. A full frame is
+    /// ~90 ms at the Pi's default 100 kHz, so identical frames are skipped and changed ones send
+    /// only the rectangle around the changed pixels.
     last: Option<Frame>,
 }
 
@@ -105,7 +107,8 @@ impl<I2C: I2c> Ssd1306Panel<I2C> {
         Ok(Self {
             driver,
             address,
-            last: Some(Frame::new()),
+            // The first picture goes through the full draw path.
+            last: None,
         })
     }
 
@@ -125,13 +128,31 @@ fn bus_error(address: u8, e: impl std::fmt::Debug) -> PanelError {
 impl<I2C: I2c> Panel for Ssd1306Panel<I2C> {
     fn show(&mut self, screen: &Screen, offset: (i32, i32)) -> Result<(), PanelError> {
         let frame = render(screen, offset);
-        if self.last.as_ref() == Some(&frame) {
-            return Ok(());
-        }
-        self.last = None;
-        self.driver.clear_buffer();
         let address = self.address;
-        draw(screen, offset, &mut self.driver).map_err(|e| bus_error(address, e))?;
+        match self.last.take() {
+            Some(last) if last == frame => {
+                self.last = Some(last);
+                return Ok(());
+            }
+            Some(last) => {
+                // The driver's buffer holds `last`: change only the pixels that differ, so its
+                // dirty rectangle (what flush sends) covers just them.
+                for y in 0..HEIGHT {
+                    for x in 0..WIDTH {
+                        let on = frame.get(x, y);
+                        if on != last.get(x, y) {
+                            self.driver.set_pixel(x as u32, y as u32, on);
+                        }
+                    }
+                }
+            }
+            None => {
+                // Unknown state (new, or a transfer failed): redraw and send everything.
+                self.driver.clear_buffer();
+                draw(screen, offset, &mut self.driver).map_err(|e| bus_error(address, e))?;
+            }
+        }
+        // On failure `last` stays None, so the next show starts again from a full frame.
         self.driver.flush().map_err(|e| bus_error(address, e))?;
         self.last = Some(frame);
         Ok(())
@@ -335,6 +356,22 @@ mod tests {
         panel.show(&screen, (1, 1)).unwrap();
         assert_eq!(fake.state().transactions, before);
         assert!(fake.state().unknown.is_empty());
+    }
+
+    #[test]
+    fn small_changes_send_only_the_changed_rectangle() {
+        let fake = FakeSsd1306::new(0x3C);
+        let mut panel = Ssd1306Panel::new(fake.clone(), 0x3C).unwrap();
+        let countdown = |s| Screen::Passcode { seconds_left: s };
+        panel.show(&countdown(107), (0, 0)).unwrap();
+        let full = fake.state().data_bytes;
+        panel.show(&countdown(106), (0, 0)).unwrap();
+        let partial = fake.state().data_bytes - full;
+        assert_eq!(fake.visible(), render(&countdown(106), (0, 0)));
+        assert!(
+            partial > 0 && partial * 4 < 1024,
+            "sent {partial} bytes for one digit"
+        );
     }
 
     #[test]

@@ -184,6 +184,13 @@ pub fn samples() -> Vec<(&'static str, Screen)> {
             },
         ),
         (
+            "ready-empty",
+            Screen::Ready {
+                phones: Vec::new(),
+                free_bytes: 1_800 * GB,
+            },
+        ),
+        (
             "phone-found",
             Screen::PhoneFound {
                 name: "Anna\u{2019}s iPhone".into(),

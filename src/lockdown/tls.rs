@@ -441,13 +441,23 @@ impl TlsStream {
                 }
                 RECORD_HEADER_LEN + body
             };
-            let mut tmp = [0u8; 4096];
-            let want = (need - self.rec.len()).min(tmp.len());
-            let n = match self.sock.read(&mut tmp[..want]) {
+            // Read straight into the record buffer, as much of the record as the socket has:
+            // one call for the header, usually one for the body (a 16 KiB record in 4 KiB
+            // pieces cost five system calls). Never past the record's end: after StopSession
+            // the same socket carries plaintext.
+            let start = self.rec.len();
+            self.rec.resize(need, 0);
+            let n = match self.sock.read(&mut self.rec[start..]) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.rec.truncate(start);
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
             };
+            self.rec.truncate(start + n);
             if n == 0 {
                 self.sock_eof = true;
                 if self.rec.is_empty() {
@@ -458,7 +468,6 @@ impl TlsStream {
                     "the connection closed inside a TLS record",
                 ));
             }
-            self.rec.extend_from_slice(&tmp[..n]);
             if self.rec.len() == RECORD_HEADER_LEN {
                 if !looks_like_tls_header(&self.rec) {
                     return Err(io::Error::new(
@@ -475,11 +484,18 @@ impl TlsStream {
                 }
             }
         }
-        let rec = std::mem::take(&mut self.rec);
+        // The buffer is handed back afterwards so its capacity serves the next record.
+        let mut rec = std::mem::take(&mut self.rec);
         let mut slice = &rec[..];
         while !slice.is_empty() {
-            self.conn.read_tls(&mut slice)?;
+            if let Err(e) = self.conn.read_tls(&mut slice) {
+                rec.clear();
+                self.rec = rec;
+                return Err(e);
+            }
         }
+        rec.clear();
+        self.rec = rec;
         if let Err(e) = self.conn.process_new_packets() {
             // Send the alert rustls queued, then fail.
             let _ = self.flush_tls();

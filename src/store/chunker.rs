@@ -43,15 +43,9 @@ impl ChunkerParams {
 /// FastCDC normalization level used by format version 1.
 pub const NORMALIZATION_LEVEL: u8 = 1;
 
-/// Cuts a byte stream into chunks. Produces exactly the boundaries of
-/// `v2020::StreamCDC::with_level_and_seed(.., Normalization::Level1, seed)`: each cut point is found
-/// by the crate's `cut_gear` over the next `max` bytes (or what remains), as `StreamCDC` does.
-pub struct Chunker<R> {
-    source: R,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
+/// The cut-point function of one chunker configuration (sizes, masks, seeded gear tables).
+#[derive(Clone)]
+pub struct Cutter {
     min: usize,
     avg: usize,
     max: usize,
@@ -61,20 +55,14 @@ pub struct Chunker<R> {
     gear_ls: Box<[u64; 256]>,
 }
 
-impl<R: Read> Chunker<R> {
-    /// A chunker over `source`. `params` must be valid (`is_valid`); the repository checks it when
-    /// reading its config. `seed` is the repository's `cdc_seed`.
-    pub fn new(source: R, params: ChunkerParams, seed: u64) -> Self {
+impl Cutter {
+    /// A cutter for `params` (which must be valid, `is_valid`) and the repository's `seed`.
+    pub fn new(params: ChunkerParams, seed: u64) -> Self {
         debug_assert!(params.is_valid());
         let bits = v2020::logarithm2(params.avg.clamp(v2020::AVERAGE_MIN, v2020::AVERAGE_MAX));
         let n = u32::from(NORMALIZATION_LEVEL);
         let (gear, gear_ls) = v2020::get_gear_with_seed(seed);
-        Chunker {
-            source,
-            buf: vec![0u8; 2 * params.max as usize],
-            start: 0,
-            end: 0,
-            eof: false,
+        Cutter {
             min: params.min as usize,
             avg: params.avg as usize,
             max: params.max as usize,
@@ -85,14 +73,68 @@ impl<R: Read> Chunker<R> {
         }
     }
 
+    /// The largest chunk.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Length of the next chunk at the start of `window`. The window must hold the next `max`
+    /// bytes, or everything left at the end of the stream; that is what `StreamCDC` passes.
+    pub fn cut(&self, window: &[u8]) -> usize {
+        let window = &window[..window.len().min(self.max)];
+        let (_, count) = v2020::cut_gear(
+            window,
+            self.min,
+            self.avg,
+            self.max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        count.clamp(window.len().min(1), window.len())
+    }
+}
+
+/// Cuts a byte stream pulled from a reader. Produces exactly the boundaries of
+/// `v2020::StreamCDC::with_level_and_seed(.., Normalization::Level1, seed)`.
+pub struct Chunker<R> {
+    source: R,
+    cutter: Cutter,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> Chunker<R> {
+    /// A chunker over `source`. `params` must be valid (`is_valid`); the repository checks it when
+    /// reading its config. `seed` is the repository's `cdc_seed`.
+    pub fn new(source: R, params: ChunkerParams, seed: u64) -> Self {
+        let cutter = Cutter::new(params, seed);
+        Chunker {
+            source,
+            // Four windows: the unread tail (< max) is moved to the front once per ~3 windows.
+            buf: vec![0u8; 4 * cutter.max()],
+            cutter,
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
     /// The next chunk, lent until the next call; `None` at the end of the stream.
     pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
-        if self.end - self.start < self.max && !self.eof {
-            // Keep at least `max` bytes in view, as StreamCDC's buffer does.
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            while self.end < self.buf.len() && !self.eof {
+        let max = self.cutter.max();
+        if self.end - self.start < max && !self.eof {
+            if self.buf.len() - self.start < max {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            while self.end - self.start < max && !self.eof {
                 match self.source.read(&mut self.buf[self.end..]) {
                     Ok(0) => self.eof = true,
                     Ok(n) => self.end += n,
@@ -104,20 +146,7 @@ impl<R: Read> Chunker<R> {
         if self.start == self.end {
             return Ok(None);
         }
-        let window_end = self.end.min(self.start + self.max);
-        let (_, count) = v2020::cut_gear(
-            &self.buf[self.start..window_end],
-            self.min,
-            self.avg,
-            self.max,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-            &self.gear,
-            &self.gear_ls,
-        );
-        let count = count.max(1).min(window_end - self.start);
+        let count = self.cutter.cut(&self.buf[self.start..self.end]);
         let chunk = &self.buf[self.start..self.start + count];
         self.start += count;
         Ok(Some(chunk))

@@ -49,5 +49,7 @@ pub mod keys;
 pub mod pack;
 pub mod repo;
 pub mod seal;
+pub mod snapshot;
 pub mod storage;
 pub mod stream;
+pub mod table;

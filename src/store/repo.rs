@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::caps::{CONFIG_FILE_MAX, KEY_FILES_MAX, KEY_FILE_LEN, STREAM_DIRECT_MAX};
-use super::chunker::{Chunker, ChunkerParams, NORMALIZATION_LEVEL};
+use super::chunker::{Chunker, ChunkerParams, Cutter, NORMALIZATION_LEVEL};
 use super::codec::{DecodeError, Reader};
 use super::ids::{ChunkId, KeyId, PackId, RepoId};
 use super::keys::{self, KdfParams, KeyError, Keys, MasterSecret};
@@ -230,6 +230,12 @@ pub enum RepoError {
         #[source]
         source: DecodeError,
     },
+    /// A file whose content does not hash to its name (damaged or swapped).
+    #[error("{0}: content does not match its name")]
+    NameMismatch(String),
+    /// A file table out of order, or with an entry that breaks a rule of §9.3.
+    #[error("file table: {0}")]
+    Table(DecodeError),
     /// Options that `init` cannot accept.
     #[error("invalid options: {0}")]
     BadOptions(&'static str),
@@ -579,6 +585,11 @@ impl Repository {
             ids.push(id);
             self.put_chunk(id, kind, chunk, &mut policy)?;
         }
+        self.make_stream(ids, length)
+    }
+
+    /// A direct stream, or an indirect one whose list is stored as meta chunks.
+    fn make_stream(&mut self, ids: Vec<ChunkId>, length: u64) -> Result<Stream, RepoError> {
         if ids.len() <= STREAM_DIRECT_MAX as usize {
             return Ok(Stream {
                 length,
@@ -596,6 +607,25 @@ impl Repository {
             form: StreamForm::Indirect,
             ids: inner.ids,
         })
+    }
+
+    /// A push-style writer for a stream whose bytes are produced piecewise (file tables).
+    /// Its methods take the repository as an argument, so the caller may read other streams
+    /// between writes.
+    pub fn stream_writer(&self, kind: BlobKind) -> StreamWriter {
+        let params = match kind {
+            BlobKind::Meta => self.config.meta_chunker,
+            _ => self.config.data_chunker,
+        };
+        StreamWriter {
+            kind,
+            cutter: Cutter::new(params, self.keys.cdc_seed()),
+            buf: Vec::new(),
+            start: 0,
+            ids: Vec::new(),
+            length: 0,
+            policy: CompressPolicy::new(kind),
+        }
     }
 
     /// Stores one chunk unless it is already stored.
@@ -704,52 +734,114 @@ impl Repository {
 
     /// Reads a stream's bytes one chunk at a time (bounded memory), as an `io::Read`.
     /// Errors surface as `io::Error`s wrapping a `RepoError`.
-    pub fn open_stream<'r>(&'r self, stream: &'r Stream) -> StreamReader<'r> {
+    pub fn open_stream<'r>(&'r self, stream: &Stream) -> StreamReader<'r> {
         StreamReader {
             repo: self,
-            stream,
-            next: 0,
-            list_ids: VecDeque::new(),
-            carry: Vec::new(),
+            cursor: StreamCursor::new(stream.clone()),
             cur: Vec::new(),
             cur_pos: 0,
-            total: 0,
-            done: false,
         }
     }
 
     /// Writes a stream's bytes to `out`, verifying every ChunkId and the total length.
     /// Returns the number of bytes written.
     pub fn read_stream(&self, stream: &Stream, out: &mut impl Write) -> Result<u64, RepoError> {
-        let mut r = self.open_stream(stream);
+        let mut c = StreamCursor::new(stream.clone());
         let mut n = 0u64;
-        loop {
-            let chunk = match r.next_chunk() {
-                Ok(Some(c)) => c,
-                Ok(None) => return Ok(n),
-                Err(e) => return Err(e),
-            };
+        while let Some(chunk) = c.next_chunk(self)? {
             out.write_all(&chunk).map_err(RepoError::Output)?;
             n += chunk.len() as u64;
         }
+        Ok(n)
     }
 }
 
-/// Reads a stream through its chunks; see `Repository::open_stream`.
-pub struct StreamReader<'r> {
-    repo: &'r Repository,
-    stream: &'r Stream,
+/// Writes one stream piecewise; see `Repository::stream_writer`. Cuts exactly where
+/// `put_stream` would on the same bytes.
+pub struct StreamWriter {
+    kind: BlobKind,
+    cutter: Cutter,
+    buf: Vec<u8>,
+    start: usize,
+    ids: Vec<ChunkId>,
+    length: u64,
+    policy: CompressPolicy,
+}
+
+impl StreamWriter {
+    /// Appends bytes; full chunks are stored as they form.
+    pub fn write(&mut self, repo: &mut Repository, bytes: &[u8]) -> Result<(), RepoError> {
+        self.buf.extend_from_slice(bytes);
+        let max = self.cutter.max();
+        while self.buf.len() - self.start >= max {
+            self.cut_one(repo)?;
+        }
+        if self.start >= 2 * max {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    fn cut_one(&mut self, repo: &mut Repository) -> Result<(), RepoError> {
+        let n = self.cutter.cut(&self.buf[self.start..]);
+        let chunk = &self.buf[self.start..self.start + n];
+        if self.ids.is_empty() {
+            self.policy.sniff(chunk);
+        }
+        let id = repo.keys.chunk_id(chunk);
+        repo.put_chunk(id, self.kind, chunk, &mut self.policy)?;
+        self.ids.push(id);
+        self.length += n as u64;
+        self.start += n;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.length + (self.buf.len() - self.start) as u64
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores the last chunks and returns the stream (durable after `flush`).
+    pub fn finish(mut self, repo: &mut Repository) -> Result<Stream, RepoError> {
+        while self.start < self.buf.len() {
+            self.cut_one(repo)?;
+        }
+        repo.make_stream(self.ids, self.length)
+    }
+}
+
+/// Walks a stream's chunks without borrowing the repository (each step takes it), so a caller
+/// can read one stream while writing another.
+#[derive(Debug)]
+pub struct StreamCursor {
+    stream: Stream,
     next: usize,
     list_ids: VecDeque<ChunkId>,
     carry: Vec<u8>,
-    cur: Vec<u8>,
-    cur_pos: usize,
     total: u64,
     done: bool,
 }
 
-impl StreamReader<'_> {
-    fn next_id(&mut self) -> Result<Option<ChunkId>, RepoError> {
+impl StreamCursor {
+    /// A cursor at the start of `stream`.
+    pub fn new(stream: Stream) -> Self {
+        StreamCursor {
+            stream,
+            next: 0,
+            list_ids: VecDeque::new(),
+            carry: Vec::new(),
+            total: 0,
+            done: false,
+        }
+    }
+
+    fn next_id(&mut self, repo: &Repository) -> Result<Option<ChunkId>, RepoError> {
         match self.stream.form {
             StreamForm::Direct => {
                 let id = self.stream.ids.get(self.next).copied();
@@ -769,7 +861,7 @@ impl StreamReader<'_> {
                     return Ok(None);
                 };
                 self.next += 1;
-                let list = self.repo.read_chunk(&list_id)?;
+                let list = repo.read_chunk(&list_id)?;
                 self.carry.extend_from_slice(&list);
                 let whole = self.carry.len() / 32 * 32;
                 for c in self.carry[..whole].chunks_exact(32) {
@@ -781,14 +873,15 @@ impl StreamReader<'_> {
         }
     }
 
-    /// The next chunk's bytes, or `None` at the end (after checking the total length).
-    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, RepoError> {
+    /// The next chunk's bytes (ChunkId checked), or `None` at the end after checking that the
+    /// chunks add up to the stream's length.
+    pub fn next_chunk(&mut self, repo: &Repository) -> Result<Option<Vec<u8>>, RepoError> {
         if self.done {
             return Ok(None);
         }
-        match self.next_id()? {
+        match self.next_id(repo)? {
             Some(id) => {
-                let c = self.repo.read_chunk(&id)?;
+                let c = repo.read_chunk(&id)?;
                 self.total += c.len() as u64;
                 if self.total > self.stream.length {
                     return Err(RepoError::BadStream("chunks are longer than the stream"));
@@ -806,10 +899,18 @@ impl StreamReader<'_> {
     }
 }
 
+/// An `io::Read` over a stream; see `Repository::open_stream`.
+pub struct StreamReader<'r> {
+    repo: &'r Repository,
+    cursor: StreamCursor,
+    cur: Vec<u8>,
+    cur_pos: usize,
+}
+
 impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.cur_pos == self.cur.len() {
-            match self.next_chunk() {
+            match self.cursor.next_chunk(self.repo) {
                 Ok(Some(c)) => {
                     self.cur = c;
                     self.cur_pos = 0;
