@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod appliance;
 pub mod backup2;
 pub mod display;
 pub mod ios_backup;

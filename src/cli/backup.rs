@@ -53,7 +53,7 @@ pub struct BackupArgs {
     usb: bool,
     /// Back up a simulated phone in this process instead: PROFILE[:SEED[:DAY]]
     /// (e.g. small:7:2), joined over the in-memory usbmux link. For development and demos.
-    #[arg(long, value_name = "PROFILE[:SEED[:DAY]]", value_parser = parse_sim)]
+    #[arg(long, value_name = "PROFILE[:SEED[:DAY]]", value_parser = parse_sim_spec)]
     sim: Option<SimSpec>,
     /// Keybag PBKDF2 rounds of the simulated phone (with --sim).
     #[arg(long, hide = true, default_value_t = DEFAULT_DPIC, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DPIC)))]
@@ -93,7 +93,7 @@ pub struct SimSpec {
     pub day: u32,
 }
 
-fn parse_sim(s: &str) -> Result<SimSpec, String> {
+pub fn parse_sim_spec(s: &str) -> Result<SimSpec, String> {
     let mut parts = s.split(':');
     let profile = parts
         .next()
@@ -541,7 +541,7 @@ mod tests {
     #[test]
     fn sim_spec() {
         assert_eq!(
-            parse_sim("small").unwrap(),
+            parse_sim_spec("small").unwrap(),
             SimSpec {
                 profile: Profile::Small,
                 seed: 1,
@@ -549,17 +549,17 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_sim("tiny:7:3").unwrap(),
+            parse_sim_spec("tiny:7:3").unwrap(),
             SimSpec {
                 profile: Profile::Tiny,
                 seed: 7,
                 day: 3
             }
         );
-        assert!(parse_sim("tiny:7:0").is_err());
-        assert!(parse_sim("huge").is_err());
-        assert!(parse_sim("tiny:x").is_err());
-        assert!(parse_sim("tiny:1:1:1").is_err());
+        assert!(parse_sim_spec("tiny:7:0").is_err());
+        assert!(parse_sim_spec("huge").is_err());
+        assert!(parse_sim_spec("tiny:x").is_err());
+        assert!(parse_sim_spec("tiny:1:1:1").is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 mod backup;
 mod backup_folder;
+mod daemon;
+mod demo;
 mod display;
 mod password;
 mod sim;
@@ -26,6 +28,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// A simulated iPhone plugged into a simulated box, the OLED drawn in this terminal:
+    /// the first backup, then day 2's incremental one. Needs nothing but this program.
+    Demo(demo::DemoArgs),
+    /// The box: back up phones as they are plugged in, onto the Cradle drive.
+    Daemon(daemon::DaemonArgs),
+    /// What the daemon is doing: state, drive, last backup per phone, secrets mode.
+    Status(daemon::StatusArgs),
     /// Back up an attached iPhone into a standard backup folder (encrypted; incremental when a
     /// previous backup is there).
     Backup(backup::BackupArgs),
@@ -60,6 +69,9 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Daemon(a) => daemon::daemon(a),
+        Command::Status(a) => daemon::status(a),
         Command::Backup(a) => backup::run(a),
         Command::BackupFolder(c) => backup_folder::run(c),
         Command::Display(c) => display::run(c),
