@@ -325,6 +325,7 @@ impl Daemon {
 
     fn act(&mut self, action: Action) {
         match action {
+            Action::Record(_) if !self.drive_present => {}
             Action::Record(r) => {
                 let dir = self.drive.root().join(CRADLE_DIR);
                 let res = self
@@ -428,15 +429,6 @@ impl Daemon {
 
     fn refresh(&mut self, now: Instant) {
         let screen = self.m.screen(now);
-        if self.last_screen.as_ref() != Some(&screen) {
-            if let Some(f) = &mut self.observer {
-                f(&screen);
-            }
-            self.display.set_screen(now, screen.clone());
-            self.last_screen = Some(screen.clone());
-        } else {
-            self.display.tick(now);
-        }
         let report = StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             state: self.m.state_name(),
@@ -468,6 +460,16 @@ impl Daemon {
                 format!("{} (down, retrying)", self.panel_kind)
             },
         };
+        // Status first, so whoever reacts to a new screen reads a status that matches it.
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = report;
+        if self.last_screen.as_ref() != Some(&screen) {
+            if let Some(f) = &mut self.observer {
+                f(&screen);
+            }
+            self.display.set_screen(now, screen.clone());
+            self.last_screen = Some(screen.clone());
+        } else {
+            self.display.tick(now);
+        }
     }
 }

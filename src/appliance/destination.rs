@@ -100,6 +100,18 @@ impl Destination for FolderDestination {
     }
 
     fn begin(&self, _udid: &str) -> Result<Box<dyn BackupTarget + Send>, DestinationError> {
+        // The drive's root must exist (it is mounted); only Cradle's folders below are made.
+        let drive_root = self
+            .root
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&self.root);
+        if !drive_root.is_dir() {
+            return Err(DestinationError::Io {
+                path: drive_root.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
         std::fs::create_dir_all(&self.root).map_err(|source| DestinationError::Io {
             path: self.root.clone(),
             source,

@@ -227,10 +227,17 @@ pub fn append_run_log(dir: &Path, record: &RunRecord) -> Result<(), DriveError> 
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(|source| DriveError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    // One level only: a drive that vanished must not be recreated as a folder on the box.
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(DriveError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    }
     let mut line = serde_json::to_string(record).map_err(|e| io(std::io::Error::other(e)))?;
     line.push('\n');
     let mut f = std::fs::OpenOptions::new()

@@ -18,6 +18,7 @@ use cradle::lockdown::{self, DirPairStore, HostIdentity, LockdownError, PairEven
 use cradle::password::{resolve_password, Password};
 use cradle::sim::phone::Profile;
 use cradle::sim::simulator::{Simulator, SimulatorOptions};
+use cradle::store::repo_target::RepoTarget;
 use cradle::transport::DeviceConnector;
 use cradle::usb::muxd::{MuxdAddr, MuxdClient, MuxdError};
 use std::io::{IsTerminal, Write};
@@ -36,11 +37,16 @@ pub const HOST_IDENTITY_FILE: &str = "host.plist";
 pub const SIM_STATE_DIR: &str = "sim";
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("dest").required(true).args(["to_folder", "to_repo"])))]
 pub struct BackupArgs {
     /// The backup folder; the backup goes into DIR/<UDID>/ (created if needed; a previous
     /// backup there makes this one incremental).
     #[arg(long, value_name = "DIR")]
-    to_folder: PathBuf,
+    to_folder: Option<PathBuf>,
+    /// A snapshot repository (`cradle init`): the backup becomes a new snapshot, incremental
+    /// against this phone's newest one. Its password is the phone's backup password.
+    #[arg(long, value_name = "PATH")]
+    to_repo: Option<PathBuf>,
     /// Reach the phone through usbmuxd at this address: a UNIX socket path or HOST:PORT.
     /// Default: $USBMUXD_SOCKET_ADDRESS, else /var/run/usbmuxd.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["usb", "sim"])]
@@ -74,7 +80,7 @@ pub struct BackupArgs {
     encrypt: bool,
     /// The backup password for --encrypt, from this file (first line; `-` = stdin). Also
     /// CRADLE_PASSWORD_FILE; asked for on a terminal otherwise.
-    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
     /// Back up even though the phone's backups are not encrypted (they then lack passwords,
     /// Health and keychain data, and are readable by anyone with the drive).
@@ -430,7 +436,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("reading this host's identity in {}", state.display()))?;
     // Asked before anything touches the phone, so a prompt does not race the trust dialog.
-    let password: Option<Password> = if args.encrypt {
+    let password: Option<Password> = if args.encrypt || args.to_repo.is_some() {
         Some(resolve_password(
             args.password_file.as_deref(),
             "Backup password: ",
@@ -438,10 +444,34 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    std::fs::create_dir_all(&args.to_folder)
-        .with_context(|| format!("creating the backup folder {}", args.to_folder.display()))?;
-    let mut target = FolderTarget::open(&args.to_folder)
-        .with_context(|| format!("opening the backup folder {}", args.to_folder.display()))?;
+    let dest_dir = args
+        .to_folder
+        .clone()
+        .or_else(|| args.to_repo.clone())
+        .unwrap_or_default();
+    let mut dest = match (&args.to_folder, &args.to_repo, &password) {
+        (Some(dir), _, _) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the backup folder {}", dir.display()))?;
+            Dest::Folder(
+                FolderTarget::open(dir)
+                    .with_context(|| format!("opening the backup folder {}", dir.display()))?,
+            )
+        }
+        (None, Some(path), Some(pw)) => {
+            // Opened (password checked) before the phone is touched; then sessions a crash
+            // left are finished or cleared.
+            let mut repo = super::repo::open_with(path, pw)?;
+            for r in cradle::store::ingest::recover_and_ingest(&mut repo, Some(pw))? {
+                display_line(&format!(
+                    "finished an interrupted ingest: snapshot {}",
+                    &r.snapshot.to_hex()[..12]
+                ));
+            }
+            Dest::Repo(Box::new(repo))
+        }
+        _ => anyhow::bail!("give --to-folder DIR or --to-repo PATH"),
+    };
 
     let conn = connect(&args, &state)?;
     let dev = conn.connector();
@@ -454,7 +484,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let mut display = Display::new();
     let fail = |e: RunError, display: &mut Display| -> anyhow::Result<ExitCode> {
         display.finish();
-        anyhow::bail!("{}", explain(&e, &args.to_folder))
+        anyhow::bail!("{}", explain(&e, &dest_dir))
     };
 
     let encrypted = match query_will_encrypt(dev, &store, &host, &opts, &mut |e| display.event(e)) {
@@ -486,9 +516,35 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     }
 
     let t = Instant::now();
-    let res = run_backup(dev, &store, &host, &mut target, &opts, &mut |e| {
-        display.event(e)
-    });
+    let mut staged = None;
+    let res = match &mut dest {
+        Dest::Folder(target) => {
+            run_backup(dev, &store, &host, target, &opts, &mut |e| display.event(e))
+        }
+        Dest::Repo(repo) => {
+            let mut target = RepoTarget::start(repo, &udid, encrypted || turned_on)
+                .context("starting a staging session in the repository")?;
+            let res = run_backup(dev, &store, &host, &mut target, &opts, &mut |e| {
+                display.event(e)
+            });
+            match res {
+                Ok(r) => {
+                    staged = Some(
+                        target
+                            .finish()
+                            .context("marking the staging session complete")?,
+                    );
+                    Ok(r)
+                }
+                Err(e) => {
+                    if let Err(e) = target.abandon() {
+                        tracing::warn!(error = %e, "removing the unfinished staging session");
+                    }
+                    Err(e)
+                }
+            }
+        }
+    };
     display.finish();
     let report: RunReport = match res {
         Ok(r) => r,
@@ -499,7 +555,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     println!(
         "backup of {udid} into {}: {} files received, {} bytes ({:.1} MB) in {:.1} s \
          ({:.1} MB/s), {}, ErrorCode 0 (success)",
-        args.to_folder.join(&udid).display(),
+        dest_dir
+            .join(if args.to_folder.is_some() { &udid } else { "" })
+            .display(),
         s.files_received,
         s.bytes_received,
         s.bytes_received as f64 / 1e6,
@@ -511,11 +569,30 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
             "NOT encrypted"
         },
     );
+    if let (Dest::Repo(repo), Some(session)) = (&mut dest, staged) {
+        let t = Instant::now();
+        let r = cradle::store::ingest::ingest(repo, session, password.as_ref())
+            .context("ingesting the backup into the repository")?;
+        println!(
+            "snapshot {} ({}) of {udid}: {} files ({} new, {} bytes) in {:.1} s",
+            r.snapshot,
+            match r.kind {
+                cradle::store::snaprec::SnapshotKind::Digested => "digested",
+                cradle::store::snaprec::SnapshotKind::Raw =>
+                    "raw: the phone's backup password is not the repository's",
+            },
+            r.counts.files,
+            r.files_ingested,
+            r.bytes_ingested,
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // When encryption was already on, the phone's password may not be the one given.
-    if encrypted {
+    if encrypted && args.encrypt {
         if let Some(pw) = &password {
-            let folder = BackupFolder::open(&args.to_folder.join(&udid))
-                .context("reading the new backup back")?;
+            let folder =
+                BackupFolder::open(&dest_dir.join(&udid)).context("reading the new backup back")?;
             if let Err(FolderError::WrongPassword) = folder.verify_password(pw) {
                 anyhow::bail!(
                     "the backup is complete but encrypted with the phone's existing backup \
@@ -526,6 +603,16 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the backup goes.
+enum Dest {
+    Folder(FolderTarget),
+    Repo(Box<cradle::store::repo::Repository>),
+}
+
+fn display_line(s: &str) {
+    eprintln!("{s}");
 }
 
 fn host_name() -> Option<String> {

@@ -140,8 +140,22 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         sc.state_dir = d;
     }
     sc.allow_host_key = cfg.allow_host_key.unwrap_or(false);
-    let secrets = SystemdCredsStore::open(sc).context("opening the sealed passwords")?;
-    let secrets_mode = secrets.mode().to_string();
+    // Without sealed passwords the box still backs phones up (as they send them); it only
+    // cannot turn encryption on or read what it stored.
+    let (secrets, secrets_mode): (Arc<dyn SecretStore + Send + Sync>, String) =
+        match SystemdCredsStore::open(sc) {
+            Ok(s) => {
+                let mode = s.mode().to_string();
+                (Arc::new(s), mode)
+            }
+            Err(e) => {
+                tracing::warn!("sealed passwords unavailable: {e}");
+                (
+                    Arc::new(cradle::appliance::MemorySecretStore::default()),
+                    format!("unavailable ({e})"),
+                )
+            }
+        };
 
     let label = args.drive_label.or(cfg.drive_label);
     let drive: Box<dyn DriveWatch> = match args.drive_dir.or(cfg.drive_dir) {
@@ -190,7 +204,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         }),
         pair_store: Arc::new(pair_store),
         host,
-        secrets: Arc::new(secrets),
+        secrets,
         secrets_mode,
         run_options: RunOptions::default(),
         passcode_timeout: DEFAULT_PASSCODE_TIMEOUT,

@@ -10,6 +10,7 @@ mod daemon;
 mod demo;
 mod display;
 mod password;
+mod repo;
 mod sim;
 
 #[derive(Parser, Debug)]
@@ -50,6 +51,8 @@ pub enum Command {
     /// Backup passwords sealed on the box (per phone, or the box default).
     #[command(subcommand)]
     Password(password::PasswordCommand),
+    #[command(flatten)]
+    Repo(repo::RepoCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -77,5 +80,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Display(c) => display::run(c),
         Command::Sim(c) => sim::run(c),
         Command::Password(c) => password::run(c),
+        Command::Repo(c) => repo::run(c),
     }
 }

@@ -1,0 +1,849 @@
+//! Ingest of a finished staging session (format.md §12 steps 1–4, §15.1): decrypt what §9.2
+//! allows, chunk and pack it, journal each file, build the file table, commit, clean up.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufReader, Read, Seek};
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use super::codec::{DecodeError, Reader};
+use super::export::{write_entry, ExportError, SnapshotKeys};
+use super::ids::{SessionId, SnapshotId};
+use super::journal::{Journal, JournalError, JournalKind};
+use super::repo::{now_ms, RepoError, Repository};
+use super::seal::BlobKind;
+use super::snaprec::{
+    commit_record, load_record, load_table, Content, Counts, EntryRow, FileEntry, RecordError,
+    SnapshotKind, SnapshotRecord, TopEncoding, TopFile,
+};
+use super::staging::{Node, Session, StagingError, WorkTree};
+use super::stream::Stream;
+use crate::ios_backup::cbc_stream::{self, DecryptReader, PaddingMode, PaddingOutcome};
+use crate::ios_backup::is_valid_file_id;
+use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
+use crate::ios_backup::keywrap::WrappedKey;
+use crate::ios_backup::manifest_db::{
+    ManifestDb, ManifestRow, FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK,
+};
+use crate::ios_backup::mbfile::MbFile;
+use crate::ios_backup::plists::{ManifestPlist, StatusPlist};
+use crate::password::Password;
+
+/// Files whose `FileDone` frames are made durable together.
+const BATCH_FILES: usize = 2048;
+/// Staged bytes ingested between two pack flushes.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Largest plist read into memory.
+const PLIST_MAX: u64 = 64 << 20;
+
+/// Why an ingest failed. Everything durable so far stays; running it again resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The staged backup lacks something it needs (Manifest.plist, Manifest.db).
+    #[error("the staged backup is incomplete: {0}")]
+    Incomplete(String),
+    /// A staged plist or Manifest.db is malformed (the phone's fault).
+    #[error("the phone's {what} is unusable: {reason}")]
+    BadBackup { what: String, reason: String },
+    /// Local scratch space failed.
+    #[error("local scratch space: {0}")]
+    Scratch(io::Error),
+    /// A journal frame is malformed.
+    #[error("ingest.log: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// What an ingest produced.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub snapshot: SnapshotId,
+    pub kind: SnapshotKind,
+    pub udid: String,
+    pub counts: Counts,
+    /// Files whose bytes came from this session (not from the parent).
+    pub files_ingested: u64,
+    /// Content bytes of those files.
+    pub bytes_ingested: u64,
+}
+
+enum Done {
+    File(FileEntry),
+    Top(TopFile),
+    Committing(SnapshotId),
+}
+
+fn encode_top(t: &TopFile, out: &mut Vec<u8>) {
+    super::codec::put_bytes(out, t.name.as_bytes());
+    out.push(match t.encoding {
+        TopEncoding::Verbatim => 0,
+        TopEncoding::ManifestDbPlain => 1,
+        TopEncoding::Raw => 2,
+    });
+    t.stream.encode(out);
+}
+
+impl Done {
+    fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let mut o = Vec::new();
+        match self {
+            Done::File(e) => {
+                o.push(1);
+                e.encode(&mut o)?;
+            }
+            Done::Top(t) => {
+                o.push(2);
+                encode_top(t, &mut o);
+            }
+            Done::Committing(id) => {
+                o.push(3);
+                o.extend_from_slice(id.as_bytes());
+            }
+        }
+        Ok(o)
+    }
+
+    fn decode(b: &[u8]) -> Result<Done, DecodeError> {
+        let mut r = Reader::new(b);
+        let d = match r.u8("ingest frame")? {
+            1 => Done::File(FileEntry::decode(
+                r.bytes(super::caps::ENTRY_MAX, "entry")?,
+            )?),
+            2 => {
+                let name = r.str(64, "top name")?.to_string();
+                let encoding = match r.u8("top encoding")? {
+                    0 => TopEncoding::Verbatim,
+                    1 => TopEncoding::ManifestDbPlain,
+                    2 => TopEncoding::Raw,
+                    v => {
+                        return Err(DecodeError::UnknownValue {
+                            field: "top encoding",
+                            value: u64::from(v),
+                        })
+                    }
+                };
+                Done::Top(TopFile {
+                    name,
+                    encoding,
+                    stream: Stream::decode(&mut r)?,
+                })
+            }
+            3 => Done::Committing(SnapshotId::from_bytes(r.array("snapshot id")?)),
+            v => {
+                return Err(DecodeError::UnknownValue {
+                    field: "ingest frame",
+                    value: u64::from(v),
+                })
+            }
+        };
+        r.finish()?;
+        Ok(d)
+    }
+}
+
+struct Ctx<'a> {
+    repo: &'a mut Repository,
+    session: &'a Session,
+    journal: Journal,
+    pending: Vec<(Done, Option<String>)>,
+    pending_bytes: u64,
+    files_ingested: u64,
+    bytes_ingested: u64,
+    parent: Option<(SnapshotRecord, Option<SnapshotKeys>)>,
+}
+
+impl Ctx<'_> {
+    fn staged_reader(&self, staged: &str, sealed: bool) -> Result<Box<dyn Read>, IngestError> {
+        let r = super::repo_target::StagedReader::open(
+            self.repo,
+            self.session.id(),
+            self.session.staged_path(staged),
+            sealed,
+        )
+        .map_err(|e| StagingError::Damaged {
+            path: self.session.staged_path(staged),
+            reason: e.to_string(),
+        })?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+    }
+
+    /// Queues a finished file; durable (and its staged copy deleted) at the next `commit_batch`.
+    fn done(&mut self, d: Done, staged: Option<String>, bytes: u64) -> Result<(), IngestError> {
+        self.pending.push((d, staged));
+        self.pending_bytes += bytes;
+        if self.pending.len() >= BATCH_FILES || self.pending_bytes >= BATCH_BYTES {
+            self.commit_batch()?;
+        }
+        Ok(())
+    }
+
+    /// §15.1 steps 1–2: packs durable, then the journal, then the staged copies go.
+    fn commit_batch(&mut self) -> Result<(), IngestError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.repo.flush()?;
+        for (d, _) in &self.pending {
+            self.journal.push(self.repo.keys(), &d.encode()?)?;
+        }
+        let storage = self.session.storage().clone();
+        self.journal.sync(storage.as_ref())?;
+        for (_, staged) in self.pending.drain(..) {
+            if let Some(s) = staged {
+                let p = self.session.staged_path(&s);
+                match storage.delete(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(StagingError::from(e).into()),
+                }
+            }
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn parent_keys(&mut self) -> Result<&SnapshotKeys, IngestError> {
+        let repo = &*self.repo;
+        let Some((rec, keys)) = self.parent.as_mut() else {
+            return Err(IngestError::Incomplete("no parent snapshot".into()));
+        };
+        if keys.is_none() {
+            *keys = Some(SnapshotKeys::for_record(repo, rec)?);
+        }
+        keys.as_ref()
+            .ok_or_else(|| IngestError::Incomplete("parent keys".into()))
+    }
+
+    /// A parent file's ciphertext as the phone once sent it, stored raw.
+    fn reencrypt_raw(&mut self, entry: &FileEntry) -> Result<Content, IngestError> {
+        self.parent_keys()?;
+        let mut tmp = tempfile::tempfile().map_err(IngestError::Scratch)?;
+        {
+            let keys = self
+                .parent
+                .as_ref()
+                .and_then(|p| p.1.as_ref())
+                .ok_or_else(|| IngestError::Incomplete("parent keys".into()))?;
+            let mut w = io::BufWriter::new(&mut tmp);
+            write_entry(self.repo, keys, entry, &mut w)?;
+            io::Write::flush(&mut w).map_err(IngestError::Scratch)?;
+        }
+        tmp.rewind().map_err(IngestError::Scratch)?;
+        let s = self.repo.put_stream(BufReader::new(tmp), BlobKind::Raw)?;
+        Ok(Content::Raw(s))
+    }
+}
+
+fn read_small(ctx: &Ctx<'_>, node: &Node, what: &str) -> Result<Vec<u8>, IngestError> {
+    let mut out = Vec::new();
+    match node {
+        Node::Staged { staged, sealed, .. } => {
+            ctx.staged_reader(staged, *sealed)?
+                .take(PLIST_MAX)
+                .read_to_end(&mut out)
+                .map_err(|e| StagingError::Damaged {
+                    path: what.into(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Node::BaseTop(t) => {
+            ctx.repo.read_stream(&t.stream, &mut out)?;
+        }
+        _ => return Err(IngestError::Incomplete(format!("{what} is not a file"))),
+    }
+    Ok(out)
+}
+
+fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
+    let blob = f.encryption_key.as_deref()?;
+    let w = WrappedKey::decode(blob).ok()?;
+    kb.unwrap_file_key(&w).ok()
+}
+
+/// Runs (or resumes) the ingest of a `done` session and commits its snapshot.
+pub fn ingest(
+    repo: &mut Repository,
+    id: SessionId,
+    password: Option<&Password>,
+) -> Result<IngestReport, IngestError> {
+    let (session, ops) = Session::open(repo, id)?;
+    let info = session.info().clone();
+    let parent = if info.parent.is_zero() {
+        None
+    } else {
+        Some(load_record(repo, &info.parent)?)
+    };
+    let mut tree = match &parent {
+        Some(rec) => WorkTree::from_parent(rec, load_table(repo, rec)?),
+        None => WorkTree::new(),
+    };
+    for op in &ops {
+        // Ops are journaled only after the tree accepted them; a refusal cannot happen here.
+        let _ = tree.apply(op);
+    }
+    let storage = session.storage().clone();
+    let (journal, frames) = Journal::open(
+        storage.as_ref(),
+        repo.keys(),
+        &session.path("ingest.log"),
+        JournalKind::Ingest,
+        id,
+    )?;
+    let mut done_files: HashMap<[u8; 20], FileEntry> = HashMap::new();
+    let mut done_tops: HashMap<String, TopFile> = HashMap::new();
+    for f in &frames {
+        match Done::decode(f)? {
+            Done::File(e) => {
+                done_files.insert(e.file_id, e);
+            }
+            Done::Top(t) => {
+                done_tops.insert(t.name.clone(), t);
+            }
+            Done::Committing(sid) => {
+                // The record may already be there (crash during cleanup).
+                if let Ok(rec) = load_record(repo, &sid) {
+                    session.delete()?;
+                    return Ok(IngestReport {
+                        snapshot: sid,
+                        kind: rec.kind,
+                        udid: rec.udid,
+                        counts: rec.counts,
+                        files_ingested: 0,
+                        bytes_ingested: 0,
+                    });
+                }
+                let _ = storage.delete(&format!("snapshots/{sid}.tmp"));
+            }
+        }
+    }
+
+    let u = info.udid.clone();
+    let mut tops: Vec<(String, Node)> = Vec::new();
+    let mut data: HashMap<String, Node> = HashMap::new();
+    for (path, node) in tree.iter() {
+        let Some(rest) = path.strip_prefix(&format!("{u}/")) else {
+            continue;
+        };
+        if matches!(node, Node::Dir) {
+            continue;
+        }
+        match rest.split_once('/') {
+            None => tops.push((rest.to_string(), node.clone())),
+            Some((xx, name)) if is_valid_file_id(name) && name.starts_with(xx) && xx.len() == 2 => {
+                data.insert(name.to_string(), node.clone());
+            }
+            Some(_) => tracing::warn!("ignoring a file the phone left outside the backup layout"),
+        }
+    }
+    let top_node = |name: &str| tops.iter().find(|(n, _)| n == name).map(|(_, n)| n.clone());
+
+    let mut ctx = Ctx {
+        repo,
+        session: &session,
+        journal,
+        pending: Vec::new(),
+        pending_bytes: 0,
+        files_ingested: 0,
+        bytes_ingested: 0,
+        parent: parent.clone().map(|p| (p, None)),
+    };
+
+    let manifest_node = top_node("Manifest.plist")
+        .ok_or_else(|| IngestError::Incomplete("no Manifest.plist".into()))?;
+    let manifest_bytes = read_small(&ctx, &manifest_node, "Manifest.plist")?;
+    let manifest =
+        ManifestPlist::from_bytes(&manifest_bytes).map_err(|e| IngestError::BadBackup {
+            what: "Manifest.plist".into(),
+            reason: e.to_string(),
+        })?;
+    let status = match top_node("Status.plist") {
+        Some(n) => StatusPlist::from_bytes(&read_small(&ctx, &n, "Status.plist")?).ok(),
+        None => None,
+    };
+
+    // Keys: the parent's KEK first (no PBKDF2), then the password; neither → raw snapshot.
+    let encrypted = manifest.is_encrypted();
+    let mut unlocked: Option<UnlockedKeybag> = None;
+    if encrypted {
+        let kb = Keybag::decode(manifest.backup_keybag()).map_err(|e| IngestError::BadBackup {
+            what: "keybag".into(),
+            reason: e.to_string(),
+        })?;
+        if let Some(p) = parent.as_ref().filter(|p| p.kind == SnapshotKind::Digested) {
+            unlocked = kb.unlock_with_kek(&p.backup_kek).ok();
+        }
+        if unlocked.is_none() {
+            if let Some(pw) = password {
+                match kb.unlock(pw) {
+                    Ok(k) => unlocked = Some(k),
+                    Err(KeybagError::WrongPassword) => {
+                        tracing::warn!("the backup password is not the repository's: raw snapshot")
+                    }
+                    Err(e) => {
+                        return Err(IngestError::BadBackup {
+                            what: "keybag".into(),
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+    let manifest_key = match (&unlocked, manifest.manifest_key()) {
+        (Some(kb), Some(mk)) => WrappedKey::decode(mk)
+            .ok()
+            .and_then(|w| kb.unwrap_file_key(&w).ok()),
+        _ => None,
+    };
+
+    // Manifest.db plaintext into local scratch (never on the drive).
+    let scratch = tempfile::Builder::new()
+        .prefix("cradle-ingest-")
+        .tempdir()
+        .map_err(IngestError::Scratch)?;
+    let db_node =
+        top_node("Manifest.db").ok_or_else(|| IngestError::Incomplete("no Manifest.db".into()))?;
+    let db_plain = scratch.path().join("Manifest.db");
+    let mut db_exact = false;
+    let mut digested = !encrypted || manifest_key.is_some();
+    if digested {
+        let res = plain_manifest_db(&ctx, &db_node, manifest_key.as_deref(), &db_plain);
+        match res {
+            Ok(exact) => db_exact = exact,
+            Err(e) => {
+                tracing::warn!(error = %e, "Manifest.db does not decrypt: raw snapshot");
+                digested = false;
+            }
+        }
+    }
+
+    let mut entries: Vec<FileEntry> = Vec::new();
+    let mut counts = Counts::default();
+    let parent_entry_key = |e: &FileEntry| -> Option<Vec<u8>> {
+        e.row
+            .as_ref()
+            .and_then(|r| MbFile::decode(&r.mbfile).ok())
+            .and_then(|f| f.encryption_key)
+    };
+    if digested {
+        let db = ManifestDb::open(&db_plain).map_err(|e| IngestError::BadBackup {
+            what: "Manifest.db".into(),
+            reason: e.to_string(),
+        })?;
+        let mut rows: Vec<ManifestRow> = Vec::new();
+        for row in db.rows() {
+            let row = row.map_err(|e| IngestError::BadBackup {
+                what: "Manifest.db".into(),
+                reason: e.to_string(),
+            })?;
+            rows.push(row);
+        }
+        drop(db);
+        rows.sort_by(|a, b| {
+            (a.domain.as_bytes(), a.relative_path.as_bytes())
+                .cmp(&(b.domain.as_bytes(), b.relative_path.as_bytes()))
+        });
+        rows.dedup_by(|a, b| a.domain == b.domain && a.relative_path == b.relative_path);
+        for row in rows {
+            let Some(fid) = hex20(&row.file_id) else {
+                tracing::warn!("skipping a Manifest.db row with a malformed fileID");
+                continue;
+            };
+            let erow = EntryRow {
+                flags: row.flags,
+                domain: row.domain.clone(),
+                relative_path: row.relative_path.clone(),
+                mbfile: row.file.encode(),
+            };
+            match row.flags {
+                FLAG_DIRECTORY => counts.dirs += 1,
+                FLAG_SYMLINK => counts.links += 1,
+                _ => {}
+            }
+            if row.flags != FLAG_FILE {
+                entries.push(FileEntry {
+                    file_id: fid,
+                    row: Some(erow),
+                    content: Content::None,
+                });
+                continue;
+            }
+            counts.files += 1;
+            let node = data.remove(&row.file_id);
+            if let Some(e) = done_files.remove(&fid) {
+                entries.push(e);
+                continue;
+            }
+            let content = match node {
+                None => {
+                    counts.absent += 1;
+                    Content::Absent
+                }
+                Some(Node::BaseData(pe)) => {
+                    let same_key = parent_entry_key(&pe) == row.file.encryption_key;
+                    match &pe.content {
+                        Content::Plain(_) if !same_key => ctx.reencrypt_raw(&pe)?,
+                        c => c.clone(),
+                    }
+                }
+                Some(Node::Staged {
+                    staged,
+                    sealed,
+                    size,
+                }) => {
+                    let key = unlocked.as_ref().and_then(|kb| file_key(kb, &row.file));
+                    let c = ingest_staged(&mut ctx, &staged, sealed, size, encrypted, key)?;
+                    ctx.files_ingested += 1;
+                    ctx.bytes_ingested += size;
+                    let e = FileEntry {
+                        file_id: fid,
+                        row: Some(erow),
+                        content: c,
+                    };
+                    ctx.done(Done::File(e.clone()), Some(staged), size)?;
+                    entries.push(e);
+                    continue;
+                }
+                Some(_) => Content::Absent,
+            };
+            entries.push(FileEntry {
+                file_id: fid,
+                row: Some(erow),
+                content,
+            });
+        }
+    }
+    // Data files without a row (all of them in a raw snapshot): kept as received.
+    let mut rest: Vec<(String, Node)> = data.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, node) in rest {
+        let Some(fid) = hex20(&name) else { continue };
+        counts.orphans += u64::from(digested);
+        if !digested {
+            counts.files += 1;
+        }
+        if let Some(e) = done_files.remove(&fid) {
+            entries.push(e);
+            continue;
+        }
+        let content = match node {
+            Node::BaseData(pe) => match &pe.content {
+                Content::Plain(_) => ctx.reencrypt_raw(&pe)?,
+                c => c.clone(),
+            },
+            Node::Staged {
+                staged,
+                sealed,
+                size,
+            } => {
+                let r = ctx.staged_reader(&staged, sealed)?;
+                let s = ctx.repo.put_stream(r, BlobKind::Raw)?;
+                ctx.files_ingested += 1;
+                ctx.bytes_ingested += size;
+                let e = FileEntry {
+                    file_id: fid,
+                    row: None,
+                    content: Content::Raw(s),
+                };
+                ctx.done(Done::File(e.clone()), Some(staged), size)?;
+                entries.push(e);
+                continue;
+            }
+            _ => continue,
+        };
+        entries.push(FileEntry {
+            file_id: fid,
+            row: None,
+            content,
+        });
+    }
+
+    // Top files (§12 step 2).
+    let mut top_files: Vec<TopFile> = Vec::new();
+    for (name, node) in &tops {
+        if let Some(t) = done_tops.remove(name) {
+            top_files.push(t);
+            continue;
+        }
+        if name.len() > 64 || name.starts_with('.') {
+            continue;
+        }
+        let t = if name == "Manifest.db" && digested && db_exact {
+            match node {
+                Node::BaseTop(t) if t.encoding == TopEncoding::ManifestDbPlain => (**t).clone(),
+                _ => {
+                    let f = fs::File::open(&db_plain).map_err(IngestError::Scratch)?;
+                    let s = ctx.repo.put_stream(BufReader::new(f), BlobKind::Data)?;
+                    TopFile {
+                        name: name.clone(),
+                        encoding: TopEncoding::ManifestDbPlain,
+                        stream: s,
+                    }
+                }
+            }
+        } else {
+            match node {
+                Node::BaseTop(t) if t.encoding != TopEncoding::ManifestDbPlain => {
+                    let mut t = (**t).clone();
+                    t.name = name.clone();
+                    t
+                }
+                Node::BaseTop(t) => {
+                    // A plaintext Manifest.db of the parent in a snapshot that cannot decrypt.
+                    let mut tmp = tempfile::tempfile().map_err(IngestError::Scratch)?;
+                    ctx.parent_keys()?;
+                    let keys = ctx
+                        .parent
+                        .as_ref()
+                        .and_then(|p| p.1.as_ref())
+                        .ok_or_else(|| IngestError::Incomplete("parent keys".into()))?;
+                    let mut buf = Vec::new();
+                    super::export::write_top(ctx.repo, keys, t, &mut buf)?;
+                    io::Write::write_all(&mut tmp, &buf).map_err(IngestError::Scratch)?;
+                    tmp.rewind().map_err(IngestError::Scratch)?;
+                    let s = ctx.repo.put_stream(BufReader::new(tmp), BlobKind::Raw)?;
+                    TopFile {
+                        name: name.clone(),
+                        encoding: TopEncoding::Raw,
+                        stream: s,
+                    }
+                }
+                Node::Staged { staged, sealed, .. } => {
+                    let is_db = name == "Manifest.db" && encrypted;
+                    let r = ctx.staged_reader(staged, *sealed)?;
+                    let kind = if is_db { BlobKind::Raw } else { BlobKind::Data };
+                    let s = ctx.repo.put_stream(r, kind)?;
+                    TopFile {
+                        name: name.clone(),
+                        encoding: if is_db {
+                            TopEncoding::Raw
+                        } else {
+                            TopEncoding::Verbatim
+                        },
+                        stream: s,
+                    }
+                }
+                _ => continue,
+            }
+        };
+        let staged = match node {
+            Node::Staged { staged, .. } => Some(staged.clone()),
+            _ => None,
+        };
+        ctx.done(Done::Top(t.clone()), staged, t.stream.length)?;
+        top_files.push(t);
+    }
+    top_files.sort_by(|a, b| a.name.cmp(&b.name));
+    top_files.truncate(super::caps::TOP_FILES_MAX as usize);
+    ctx.commit_batch()?;
+
+    // The file table (§12 step 3), then the commit (§15.1).
+    entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    entries.dedup_by(|a, b| a.file_id == b.file_id);
+    let content_bytes = entries
+        .iter()
+        .filter_map(|e| e.stream())
+        .map(|s| s.length)
+        .sum();
+    let table = super::snaprec::encode_table(&entries)?;
+    let table_stream = ctx.repo.put_stream(&table[..], BlobKind::Meta)?;
+    ctx.repo.flush()?;
+
+    let lock = |k: &str| manifest.lockdown_string(k).unwrap_or_default().to_string();
+    let cap = |s: String, n: usize| -> String {
+        let mut s = s;
+        while s.len() > n {
+            s.pop();
+        }
+        s
+    };
+    let date_ms = |d: Option<plist::Date>| {
+        d.and_then(|d| {
+            std::time::SystemTime::from(d)
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+        })
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+    };
+    let dc = ctx.repo.config().data_chunker;
+    let record = SnapshotRecord {
+        kind: if digested {
+            SnapshotKind::Digested
+        } else {
+            SnapshotKind::Raw
+        },
+        udid: cap(info.udid.clone(), 64),
+        device_name: cap(lock("DeviceName"), 256),
+        product_type: cap(lock("ProductType"), 64),
+        product_version: cap(lock("ProductVersion"), 32),
+        build_version: cap(lock("BuildVersion"), 32),
+        serial_number: cap(lock("SerialNumber"), 64),
+        phone_date: date_ms(status.as_ref().and_then(|s| s.date()).or(manifest.date())),
+        box_started: info.started,
+        box_finished: now_ms(),
+        box_clock: false,
+        is_full_backup: status
+            .as_ref()
+            .and_then(|s| s.is_full_backup())
+            .unwrap_or(false),
+        parent: info.parent,
+        digested_from: SnapshotId::ZERO,
+        backup_kek: Zeroizing::new(match (&unlocked, digested) {
+            (Some(k), true) => *k.kek(),
+            _ => [0; 32],
+        }),
+        chunker_used: [dc.min, dc.avg, dc.max],
+        tops: top_files,
+        counts,
+        content_bytes,
+        file_table: table_stream,
+    };
+    let keys = ctx.repo.keys().clone();
+    let st = storage.clone();
+    let journal = &mut ctx.journal;
+    let sid = commit_record(ctx.repo, &record, &mut |sid| {
+        let frame = Done::Committing(*sid)
+            .encode()
+            .map_err(|source| RecordError::Decode {
+                path: "ingest.log".into(),
+                source,
+            })?;
+        journal
+            .push(&keys, &frame)
+            .and_then(|_| journal.sync(st.as_ref()))
+            .map_err(|e| RecordError::Damaged {
+                path: "ingest.log".into(),
+                reason: e.to_string(),
+            })
+    })?;
+    let report = IngestReport {
+        snapshot: sid,
+        kind: record.kind,
+        udid: record.udid.clone(),
+        counts,
+        files_ingested: ctx.files_ingested,
+        bytes_ingested: ctx.bytes_ingested,
+    };
+    drop(ctx);
+    drop(scratch);
+    session.delete()?;
+    Ok(report)
+}
+
+fn hex20(s: &str) -> Option<[u8; 20]> {
+    let mut b = [0u8; 20];
+    hex::decode_to_slice(s, &mut b).ok()?;
+    Some(b)
+}
+
+/// Writes Manifest.db's plaintext to `dst`; `Ok(true)` when re-encrypting it gives back the
+/// received bytes exactly (§9.2).
+fn plain_manifest_db(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    key: Option<&[u8; 32]>,
+    dst: &Path,
+) -> Result<bool, IngestError> {
+    let mut out = io::BufWriter::new(fs::File::create(dst).map_err(IngestError::Scratch)?);
+    let exact = match node {
+        Node::BaseTop(t) if t.encoding == TopEncoding::ManifestDbPlain => {
+            ctx.repo.read_stream(&t.stream, &mut out)?;
+            true
+        }
+        Node::BaseTop(t) => {
+            let mut raw = tempfile::tempfile().map_err(IngestError::Scratch)?;
+            ctx.repo.read_stream(&t.stream, &mut raw)?;
+            raw.rewind().map_err(IngestError::Scratch)?;
+            decrypt_db(BufReader::new(raw), key, &mut out, t.stream.length)?
+        }
+        Node::Staged {
+            staged,
+            sealed,
+            size,
+        } => decrypt_db(ctx.staged_reader(staged, *sealed)?, key, &mut out, *size)?,
+        _ => return Err(IngestError::Incomplete("Manifest.db is not a file".into())),
+    };
+    io::Write::flush(&mut out).map_err(IngestError::Scratch)?;
+    Ok(exact)
+}
+
+fn decrypt_db(
+    src: impl Read,
+    key: Option<&[u8; 32]>,
+    out: &mut impl io::Write,
+    len: u64,
+) -> Result<bool, IngestError> {
+    match key {
+        None => {
+            let mut src = src;
+            io::copy(&mut src, out).map_err(IngestError::Scratch)?;
+            Ok(true)
+        }
+        Some(k) => {
+            let d = cbc_stream::decrypt_manifest_db(src, out, k).map_err(|e| {
+                IngestError::BadBackup {
+                    what: "Manifest.db".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+            Ok(len > 0
+                && len.is_multiple_of(16)
+                && matches!(d.padding, PaddingOutcome::Stripped(_)))
+        }
+    }
+}
+
+/// One staged data file: plaintext chunks when §9.2 allows, else the bytes as received.
+fn ingest_staged(
+    ctx: &mut Ctx<'_>,
+    staged: &str,
+    sealed: bool,
+    size: u64,
+    encrypted: bool,
+    key: Option<Zeroizing<[u8; 32]>>,
+) -> Result<Content, IngestError> {
+    if !encrypted {
+        let r = ctx.staged_reader(staged, sealed)?;
+        return Ok(Content::Plain(ctx.repo.put_stream(r, BlobKind::Data)?));
+    }
+    if let Some(k) = key.filter(|_| size > 0 && size.is_multiple_of(16)) {
+        let r = DecryptReader::with_padding(
+            ctx.staged_reader(staged, sealed)?,
+            &k,
+            PaddingMode::Strict,
+        );
+        match ctx.repo.put_stream(r, BlobKind::Data) {
+            Ok(s) => return Ok(Content::Plain(s)),
+            Err(RepoError::Input(e)) => {
+                tracing::info!(error = %e, "a data file does not decrypt exactly: kept raw");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let r = ctx.staged_reader(staged, sealed)?;
+    Ok(Content::Raw(ctx.repo.put_stream(r, BlobKind::Raw)?))
+}
+
+/// Ingests every `done` session left on the drive (after a crash) and deletes unfinished ones.
+pub fn recover_and_ingest(
+    repo: &mut Repository,
+    password: Option<&Password>,
+) -> Result<Vec<IngestReport>, IngestError> {
+    let mut out = Vec::new();
+    for id in super::staging::recover(repo)? {
+        out.push(ingest(repo, id, password)?);
+    }
+    Ok(out)
+}

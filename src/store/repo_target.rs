@@ -1,0 +1,525 @@
+//! `RepoTarget`: the phone's backup folder as a repository sees it — the previous snapshot of this
+//! phone overlaid by a staging session on the drive; no mirror folder exists anywhere.
+
+use std::io::{self, Read, Seek, Write};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::export::{write_entry, write_top, SnapshotKeys};
+use super::ids::{SessionId, SnapshotId};
+use super::journal::{encode_header, seal_frame, JournalKind, FRAME_PAYLOAD_MAX};
+use super::repo::{now_ms, Repository};
+use super::snaprec::{self, SnapshotRecord};
+use super::staging::{
+    node_size, Node, Op, Session, SessionInfo, StagingError, TreeError, WorkTree,
+};
+use super::storage::{NewFile, Storage};
+use crate::backup2::target::{
+    BackupPath, BackupTarget, DirEntry, EntryKind, EntryMeta, TargetError, UploadSink,
+};
+
+/// Free space kept back from what the phone is told (§12): 1 GiB plus two packs.
+pub const RESERVE_BASE: u64 = 1 << 30;
+/// Bytes read from the drive at a time when serving a staged file.
+const READ_STEP: u64 = 1 << 20;
+
+fn eio(path: &BackupPath, e: impl ToString) -> TargetError {
+    TargetError::io(path, io::Error::other(e.to_string()))
+}
+
+fn tree_err(path: &BackupPath, e: TreeError) -> TargetError {
+    let errno = match e {
+        TreeError::NotFound => rustix::io::Errno::NOENT,
+        TreeError::NotADirectory => rustix::io::Errno::NOTDIR,
+        TreeError::IsADirectory => rustix::io::Errno::ISDIR,
+    };
+    TargetError::io(path, errno.into())
+}
+
+/// The newest snapshot of `udid` (by box time), with its table: the working tree's base.
+pub fn newest_of(
+    repo: &Repository,
+    udid: &str,
+) -> Result<Option<(SnapshotId, SnapshotRecord)>, snaprec::RecordError> {
+    Ok(snaprec::list_records(repo)?
+        .into_iter()
+        .filter(|(_, r)| r.udid == udid)
+        .max_by_key(|(id, r)| (r.box_finished, *id)))
+}
+
+/// A backup target over a repository (see module docs).
+pub struct RepoTarget<'r> {
+    repo: &'r Repository,
+    session: Session,
+    tree: WorkTree,
+    parent: Option<(SnapshotId, SnapshotRecord)>,
+    parent_keys: Option<SnapshotKeys>,
+    /// Data files are Apple ciphertext (encrypted backup): staged verbatim.
+    encrypted: bool,
+    udid: String,
+}
+
+impl std::fmt::Debug for RepoTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoTarget")
+            .field("session", &self.session.id())
+            .field("udid", &self.udid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> RepoTarget<'r> {
+    /// Starts a staging session for `udid` on top of its newest snapshot. `encrypted` says the
+    /// phone's backups are encrypted (data files then arrive as ciphertext and are staged as is;
+    /// otherwise everything is staged sealed).
+    pub fn start(repo: &'r Repository, udid: &str, encrypted: bool) -> Result<Self, StagingError> {
+        let parent = newest_of(repo, udid).map_err(|e| StagingError::Damaged {
+            path: "snapshots".into(),
+            reason: e.to_string(),
+        })?;
+        let tree = match &parent {
+            Some((_, rec)) => {
+                let table = snaprec::load_table(repo, rec).map_err(|e| StagingError::Damaged {
+                    path: "parent snapshot".into(),
+                    reason: e.to_string(),
+                })?;
+                WorkTree::from_parent(rec, table)
+            }
+            None => WorkTree::new(),
+        };
+        let session = Session::create(
+            repo,
+            SessionInfo {
+                udid: udid.to_string(),
+                parent: parent.as_ref().map(|p| p.0).unwrap_or(SnapshotId::ZERO),
+                started: now_ms(),
+                raw: false,
+            },
+        )?;
+        Ok(RepoTarget {
+            repo,
+            session,
+            tree,
+            parent,
+            parent_keys: None,
+            encrypted,
+            udid: udid.to_string(),
+        })
+    }
+
+    /// The session's id.
+    pub fn session_id(&self) -> SessionId {
+        self.session.id()
+    }
+
+    /// The phone finished: marks the session `done` (ingest may run from here, even after a
+    /// crash) and hands the session back.
+    pub fn finish(mut self) -> Result<SessionId, StagingError> {
+        self.session.mark_done(self.repo.keys())?;
+        Ok(self.session.id())
+    }
+
+    /// The phone did not finish: the session is worth nothing and is deleted.
+    pub fn abandon(self) -> Result<(), StagingError> {
+        self.session.delete()
+    }
+
+    fn record(&mut self, path: &BackupPath, op: Op) -> Result<(), TargetError> {
+        self.tree.apply(&op).map_err(|e| tree_err(path, e))?;
+        self.session
+            .record(self.repo.keys(), &op)
+            .map_err(|e| eio(path, e))
+    }
+
+    fn sealed_for(&self, path: &BackupPath) -> bool {
+        if !self.encrypted {
+            return true;
+        }
+        // Apple encrypts data files and Manifest.db; the plists arrive in the clear.
+        let name = path.file_name();
+        !(name == "Manifest.db" || crate::ios_backup::is_valid_file_id(name))
+    }
+
+    fn parent_keys(&mut self) -> Result<&SnapshotKeys, String> {
+        if self.parent_keys.is_none() {
+            let Some((_, rec)) = &self.parent else {
+                return Err("no parent snapshot".into());
+            };
+            self.parent_keys =
+                Some(SnapshotKeys::for_record(self.repo, rec).map_err(|e| e.to_string())?);
+        }
+        self.parent_keys.as_ref().ok_or_else(String::new)
+    }
+}
+
+/// Reads a staged file back: verbatim ranges, or sealed frames opened one at a time.
+pub struct StagedReader {
+    storage: Arc<dyn Storage>,
+    keys_session: (super::keys::Keys, SessionId),
+    path: String,
+    sealed: bool,
+    pos: u64,
+    len: u64,
+    seq: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl StagedReader {
+    /// Opens the staged file `staged` of `session`.
+    pub fn open(
+        repo: &Repository,
+        session: SessionId,
+        path: String,
+        sealed: bool,
+    ) -> io::Result<Self> {
+        let storage = repo.storage().clone();
+        let len = storage.size(&path).map_err(io::Error::other)?;
+        Ok(StagedReader {
+            storage,
+            keys_session: (repo.keys().clone(), session),
+            path,
+            sealed,
+            pos: if sealed {
+                super::journal::HEADER_LEN as u64
+            } else {
+                0
+            },
+            len,
+            seq: 0,
+            buf: Vec::new(),
+            at: 0,
+        })
+    }
+
+    fn refill(&mut self) -> io::Result<bool> {
+        if self.pos >= self.len {
+            return Ok(false);
+        }
+        if !self.sealed {
+            let n = READ_STEP.min(self.len - self.pos);
+            self.buf = self
+                .storage
+                .read_range(&self.path, self.pos, n)
+                .map_err(io::Error::other)?;
+            self.pos += n;
+        } else {
+            let l = self
+                .storage
+                .read_range(&self.path, self.pos, 4)
+                .map_err(io::Error::other)?;
+            let len = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
+            if len > super::caps::FRAME_MAX {
+                return Err(io::Error::other(format!("{}: frame too long", self.path)));
+            }
+            let body = self
+                .storage
+                .read_range(&self.path, self.pos + 4, u64::from(len))
+                .map_err(io::Error::other)?;
+            let (keys, session) = &self.keys_session;
+            self.buf =
+                super::journal::open_frame(keys, session, JournalKind::Staged, self.seq, &body)
+                    .ok_or_else(|| io::Error::other(format!("{}: damaged frame", self.path)))?;
+            self.seq += 1;
+            self.pos += 4 + u64::from(len);
+        }
+        self.at = 0;
+        Ok(true)
+    }
+}
+
+impl Read for StagedReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at >= self.buf.len() {
+            if !self.refill()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// An upload being staged.
+struct RepoSink<'a, 'r> {
+    target: &'a mut RepoTarget<'r>,
+    path: BackupPath,
+    staged: String,
+    file: Option<Box<dyn NewFile>>,
+    sealed: bool,
+    seq: u64,
+    buf: Vec<u8>,
+    size: u64,
+    failed: Option<String>,
+}
+
+impl RepoSink<'_, '_> {
+    fn emit(&mut self) -> io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Err(io::Error::other("upload already finished"));
+        };
+        if self.sealed {
+            let mut frame = Vec::with_capacity(self.buf.len() + 44);
+            seal_frame(
+                self.target.repo.keys(),
+                &self.target.session.id(),
+                JournalKind::Staged,
+                self.seq,
+                &self.buf,
+                &mut frame,
+            )
+            .map_err(io::Error::other)?;
+            self.seq += 1;
+            f.write(&frame).map_err(io::Error::other)?;
+        } else {
+            f.write(&self.buf).map_err(io::Error::other)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        if self.file.take().is_some() {
+            let full = self.target.session.staged_path(&self.staged);
+            if let Ok(tmp) = super::storage::tmp_name(&full) {
+                let _ = self.target.session.storage().delete(&tmp);
+            }
+        }
+    }
+}
+
+impl Write for RepoSink<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = FRAME_PAYLOAD_MAX.min(1 << 20) - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() >= FRAME_PAYLOAD_MAX.min(1 << 20) {
+            if let Err(e) = self.emit() {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl UploadSink for RepoSink<'_, '_> {
+    fn commit(mut self: Box<Self>) -> Result<(), TargetError> {
+        if let Some(e) = self.failed.take() {
+            self.discard();
+            return Err(eio(&self.path, e));
+        }
+        if !self.buf.is_empty() {
+            self.emit().map_err(|e| TargetError::io(&self.path, e))?;
+        }
+        let Some(f) = self.file.take() else {
+            return Ok(());
+        };
+        f.finish().map_err(|e| eio(&self.path, e))?;
+        let op = Op::Received {
+            path: self.path.to_string(),
+            staged: self.staged.clone(),
+            size: self.size,
+            sealed: self.sealed,
+        };
+        let path = self.path.clone();
+        self.target.record(&path, op)
+    }
+
+    fn abort(mut self: Box<Self>) {
+        self.discard();
+    }
+}
+
+impl Drop for RepoSink<'_, '_> {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+fn spill(
+    path: &BackupPath,
+    f: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> Result<Box<dyn Read>, TargetError> {
+    // Local temporary space (never the drive): plaintext is re-encrypted on its way through.
+    let mut tmp = tempfile::tempfile().map_err(|e| TargetError::io(path, e))?;
+    {
+        let mut w = io::BufWriter::new(&mut tmp);
+        f(&mut w).map_err(|e| eio(path, e))?;
+        w.flush().map_err(|e| TargetError::io(path, e))?;
+    }
+    tmp.rewind().map_err(|e| TargetError::io(path, e))?;
+    Ok(Box::new(tmp))
+}
+
+impl BackupTarget for RepoTarget<'_> {
+    fn open_read(&mut self, path: &BackupPath) -> Result<Box<dyn Read + '_>, TargetError> {
+        let node = self
+            .tree
+            .get(path.as_str())
+            .cloned()
+            .ok_or_else(|| TargetError::io(path, rustix::io::Errno::NOENT.into()))?;
+        match node {
+            Node::Dir => Err(TargetError::io(path, rustix::io::Errno::ISDIR.into())),
+            Node::Staged { staged, sealed, .. } => {
+                let p = self.session.staged_path(&staged);
+                let r = StagedReader::open(self.repo, self.session.id(), p, sealed)
+                    .map_err(|e| TargetError::io(path, e))?;
+                Ok(Box::new(r))
+            }
+            Node::BaseTop(top) => {
+                let repo = self.repo;
+                let keys = self.parent_keys().map_err(|e| eio(path, e))?;
+                spill(path, |w| {
+                    write_top(repo, keys, &top, w).map_err(|e| e.to_string())
+                })
+            }
+            Node::BaseData(entry) => {
+                let repo = self.repo;
+                let keys = self.parent_keys().map_err(|e| eio(path, e))?;
+                spill(path, |w| {
+                    write_entry(repo, keys, &entry, w).map_err(|e| e.to_string())
+                })
+            }
+        }
+    }
+
+    fn create_file(&mut self, path: &BackupPath) -> Result<Box<dyn UploadSink + '_>, TargetError> {
+        if let Some(parent) = path.parent() {
+            if !matches!(self.tree.get(parent.as_str()), Some(Node::Dir)) {
+                return Err(TargetError::io(path, rustix::io::Errno::NOENT.into()));
+            }
+        }
+        if matches!(self.tree.get(path.as_str()), Some(Node::Dir)) {
+            return Err(TargetError::io(path, rustix::io::Errno::ISDIR.into()));
+        }
+        let staged = self.session.staged_name(self.repo.keys(), path.as_str());
+        let full = self.session.staged_path(&staged);
+        let storage = self.session.storage().clone();
+        let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        if !storage.exists(dir).map_err(|e| eio(path, e))? {
+            storage.create_dir(dir).map_err(|e| eio(path, e))?;
+        }
+        let mut file = storage.create_streaming(&full).map_err(|e| eio(path, e))?;
+        let sealed = self.sealed_for(path);
+        if sealed {
+            file.write(&encode_header(JournalKind::Staged, &self.session.id()))
+                .map_err(|e| eio(path, e))?;
+        }
+        Ok(Box::new(RepoSink {
+            target: self,
+            path: path.clone(),
+            staged,
+            file: Some(file),
+            sealed,
+            seq: 0,
+            buf: Vec::new(),
+            size: 0,
+            failed: None,
+        }))
+    }
+
+    fn create_dir_all(&mut self, path: &BackupPath) -> Result<(), TargetError> {
+        if matches!(self.tree.get(path.as_str()), Some(Node::Dir)) {
+            return Ok(());
+        }
+        self.record(
+            path,
+            Op::Mkdir {
+                path: path.to_string(),
+            },
+        )
+    }
+
+    fn move_item(&mut self, src: &BackupPath, dst: &BackupPath) -> Result<(), TargetError> {
+        self.record(
+            src,
+            Op::Move {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            },
+        )
+    }
+
+    fn remove(&mut self, path: &BackupPath) -> Result<(), TargetError> {
+        if self.tree.get(path.as_str()).is_none() {
+            return Ok(());
+        }
+        self.record(
+            path,
+            Op::Remove {
+                path: path.to_string(),
+            },
+        )
+    }
+
+    fn copy_item(&mut self, src: &BackupPath, dst: &BackupPath) -> Result<(), TargetError> {
+        self.record(
+            src,
+            Op::Copy {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            },
+        )
+    }
+
+    fn list_dir(&mut self, path: &BackupPath) -> Result<Vec<DirEntry>, TargetError> {
+        match self.tree.get(path.as_str()) {
+            Some(Node::Dir) => {}
+            Some(_) => return Err(TargetError::io(path, rustix::io::Errno::NOTDIR.into())),
+            None => return Err(TargetError::io(path, rustix::io::Errno::NOENT.into())),
+        }
+        let modified = self.modified();
+        Ok(self
+            .tree
+            .children(Some(path.as_str()))
+            .into_iter()
+            .map(|(name, n)| DirEntry {
+                name,
+                meta: meta_of(n, modified),
+            })
+            .collect())
+    }
+
+    fn stat(&mut self, path: &BackupPath) -> Result<Option<EntryMeta>, TargetError> {
+        let modified = self.modified();
+        Ok(self.tree.get(path.as_str()).map(|n| meta_of(n, modified)))
+    }
+
+    fn free_space(&mut self) -> Result<u64, TargetError> {
+        let reserve = RESERVE_BASE + 2 * u64::from(self.repo.config().pack_target);
+        let Some(root) = self.repo.storage().local_root() else {
+            return Ok(u64::MAX / 2);
+        };
+        let v = rustix::fs::statvfs(root).map_err(|e| TargetError::Io {
+            path: self.udid.clone(),
+            source: e.into(),
+        })?;
+        Ok((v.f_bavail.saturating_mul(v.f_frsize)).saturating_sub(reserve))
+    }
+}
+
+impl RepoTarget<'_> {
+    fn modified(&self) -> SystemTime {
+        let ms = self.parent.as_ref().map(|p| p.1.box_finished).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+    }
+}
+
+fn meta_of(n: &Node, modified: SystemTime) -> EntryMeta {
+    EntryMeta {
+        kind: if matches!(n, Node::Dir) {
+            EntryKind::Directory
+        } else {
+            EntryKind::File
+        },
+        size: node_size(n),
+        modified,
+    }
+}

@@ -1,0 +1,436 @@
+//! The snapshot repository end to end, as processes: `cradle backup --to-repo` from the simulated
+//! phone, `export` byte-identical to what `--to-folder` and idevicebackup2 wrote from the same
+//! phone, `extract` equal to `cradle sim tree`, incremental days storing only what changed, old
+//! snapshots still exporting, two phones on one drive, and a wrong password touching nothing.
+//!
+//! idevicebackup2 and iphone-backup-decrypt are skipped with a printed line when absent, unless
+//! CRADLE_REQUIRE_PEERS=1.
+
+mod common;
+
+use common::{assert_trees_equal, read_tree, run_with_timeout, Output, TreeEntry};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROFILE: &str = "tiny";
+const DPIC: &str = "1000";
+const LIMIT: Duration = Duration::from_secs(300);
+const PASSWORD: &str = "repo e2e password";
+
+fn cradle(args: &[&str]) -> Output {
+    let mut c = common::cradle();
+    c.args(args);
+    run_with_timeout(c, LIMIT)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Repo {
+    path: PathBuf,
+    pw: PathBuf,
+    state: PathBuf,
+}
+
+impl Repo {
+    fn init(tmp: &Path) -> Repo {
+        let pw = common::password_file(tmp, PASSWORD);
+        let path = tmp.join("Cradle");
+        let o = cradle(&[
+            "init",
+            "--repo",
+            s(&path),
+            "--password-file",
+            s(&pw),
+            "--insecure-fast-kdf",
+        ]);
+        assert!(o.success, "init: {o:?}");
+        Repo {
+            path,
+            pw,
+            state: tmp.join("state-repo"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--repo", s(&self.path), "--password-file", s(&self.pw)]);
+        cradle(&a)
+    }
+
+    /// `cradle backup --sim … --to-repo`: (bytes the phone sent for data files, stdout).
+    fn backup(&self, seed: u64, day: u32) -> (u64, String) {
+        let spec = format!("{PROFILE}:{seed}:{day}");
+        let o = cradle(&[
+            "backup",
+            "--sim",
+            &spec,
+            "--sim-dpic",
+            DPIC,
+            "--to-repo",
+            s(&self.path),
+            "--state-dir",
+            s(&self.state),
+            "--encrypt",
+            "--password-file",
+            s(&self.pw),
+        ]);
+        assert!(o.success, "backup --to-repo {spec}: {o:?}");
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("snapshot "))
+            .unwrap_or_else(|| panic!("no snapshot line in {}", o.stdout));
+        assert!(line.contains("(digested)"), "{line}");
+        // "… N files (M new, B bytes) …"
+        let b = line.split(" new, ").nth(1).unwrap();
+        let bytes = b.split(' ').next().unwrap().parse().unwrap();
+        (bytes, o.stdout)
+    }
+
+    fn snapshot_ids(&self) -> Vec<(String, String)> {
+        let o = self.run(&["snapshots", "--json"]);
+        assert!(o.success, "{o:?}");
+        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["id"].as_str().unwrap().to_string(),
+                    x["udid"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn export(&self, snap: &str, out: &Path) -> Duration {
+        let t = Instant::now();
+        let o = self.run(&["export", snap, "--out", s(out)]);
+        assert!(o.success, "export {snap}: {o:?}");
+        t.elapsed()
+    }
+
+    fn size(&self) -> u64 {
+        dir_size(&self.path)
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+/// `cradle backup --sim … --to-folder` into `folder` (its own state dir).
+fn folder_backup(tmp: &Path, folder: &Path, pw: &Path, seed: u64, day: u32) {
+    let spec = format!("{PROFILE}:{seed}:{day}");
+    let o = cradle(&[
+        "backup",
+        "--sim",
+        &spec,
+        "--sim-dpic",
+        DPIC,
+        "--to-folder",
+        s(folder),
+        "--state-dir",
+        s(&tmp.join(format!("state-folder-{seed}"))),
+        "--encrypt",
+        "--password-file",
+        s(pw),
+    ]);
+    assert!(o.success, "backup --to-folder {spec}: {o:?}");
+}
+
+/// Every file of a backup folder (bytes hashed), without Info.plist: the host writes that one
+/// itself, with its own clock and GUID.
+fn backup_files(dir: &Path) -> BTreeMap<String, TreeEntry> {
+    read_tree(dir)
+        .into_iter()
+        .filter(|(p, e)| matches!(e, TreeEntry::File { .. }) && p != "Info.plist")
+        .collect()
+}
+
+fn sim_tree(tmp: &Path, seed: u64, day: u32) -> BTreeMap<String, TreeEntry> {
+    let out = tmp.join(format!("tree-{seed}-{day}"));
+    let o = cradle(&[
+        "sim",
+        "tree",
+        "--seed",
+        &seed.to_string(),
+        "--profile",
+        PROFILE,
+        "--day",
+        &day.to_string(),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.success, "sim tree: {o:?}");
+    read_tree(&out)
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn three_days_into_a_repository_export_byte_identical_and_store_only_changes() {
+    const SEED: u64 = 41;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(tmp.path());
+    let folder = tmp.path().join("folder");
+    let mut kept = Vec::new();
+    let mut sizes = vec![repo.size()];
+    for day in 1..=3u32 {
+        let before = repo.size();
+        let (sent, _) = repo.backup(SEED, day);
+        let after = repo.size();
+        sizes.push(after);
+        folder_backup(tmp.path(), &folder, &repo.pw, SEED, day);
+        let ids = repo.snapshot_ids();
+        assert_eq!(ids.len(), day as usize);
+        let (id, udid) = ids.last().unwrap().clone();
+        let want_dir = tmp.path().join(format!("folder-day{day}"));
+        copy_tree(&folder.join(&udid), &want_dir);
+        kept.push((id.clone(), want_dir.clone()));
+
+        let out = tmp.path().join(format!("export-{day}"));
+        let took = repo.export(&id[..12], &out);
+        eprintln!(
+            "day {day}: phone sent {sent} bytes of data files, repository +{} bytes \
+             (now {after}), export {:.2} s",
+            after - before,
+            took.as_secs_f64()
+        );
+        assert_trees_equal(
+            &backup_files(&want_dir),
+            &backup_files(&out.join(&udid)),
+            &format!("day {day}: export vs --to-folder"),
+        );
+        if day > 1 {
+            // Only the changed files cross and are stored: data (≤ 1.1 × what was sent) plus
+            // the new Manifest.db and plists, the file table and pack headers.
+            let manifest_db = std::fs::metadata(want_dir.join("Manifest.db"))
+                .unwrap()
+                .len();
+            let bound = sent + sent / 10 + manifest_db + 256 * 1024;
+            assert!(
+                after - before <= bound,
+                "day {day}: stored {} bytes for {sent} bytes sent (bound {bound})",
+                after - before
+            );
+        }
+        let x = tmp.path().join(format!("extract-{day}"));
+        let o = repo.run(&["extract", "latest", "--out", s(&x)]);
+        assert!(o.success, "extract: {o:?}");
+        assert_trees_equal(
+            &sim_tree(tmp.path(), SEED, day),
+            &read_tree(&x),
+            &format!("day {day}: extract vs sim tree"),
+        );
+        if let Some(python) = common::peer_python("ibd") {
+            let mut c = Command::new(python);
+            c.arg(common::root().join("tests/peers/ibd_digest.py"))
+                .arg(out.join(&udid))
+                .arg(&repo.pw);
+            let o = run_with_timeout(c, LIMIT);
+            assert!(
+                o.success,
+                "iphone-backup-decrypt on the export: {}",
+                o.stderr
+            );
+            let files = o.stdout.lines().filter(|l| l.contains("\"file\"")).count();
+            assert!(files > 0, "iphone-backup-decrypt read no files");
+        }
+    }
+    // Day 1 stored about what the phone sent (compression may win a little).
+    assert!(sizes[1] > sizes[0]);
+    // Every older snapshot still exports byte-identical.
+    for (i, (id, want)) in kept.iter().enumerate() {
+        let out = tmp.path().join(format!("re-export-{i}"));
+        repo.export(id, &out);
+        let udid = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name();
+        assert_trees_equal(
+            &backup_files(want),
+            &backup_files(&out.join(udid)),
+            &format!("snapshot {i} re-exported after day 3"),
+        );
+    }
+    let o = repo.run(&["diff", &kept[0].0, &kept[1].0]);
+    assert!(
+        o.success && o.stdout.lines().any(|l| l.starts_with("M ")),
+        "{o:?}"
+    );
+    let o = repo.run(&["ls", "latest", "HomeDomain"]);
+    assert!(o.success && o.stdout.contains("HomeDomain/"), "{o:?}");
+}
+
+#[test]
+fn export_matches_idevicebackup2_over_sim_serve() {
+    const SEED: u64 = 42;
+    let Some(ib2) = common::system_bin("idevicebackup2") else {
+        return;
+    };
+    let Some(pair) = common::system_bin("idevicepair") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(tmp.path());
+    let mut child = common::cradle()
+        .args(["sim", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--profile", PROFILE, "--dpic", DPIC])
+        .args(["--seed", &SEED.to_string(), "--day", "1"])
+        .arg("--state-dir")
+        .arg(tmp.path().join("sim-state"))
+        .args(["--password-file", s(&repo.pw)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let field = |pre: &str, end: char| {
+        let i = line.find(pre).unwrap() + pre.len();
+        line[i..].split(end).next().unwrap().to_string()
+    };
+    let (udid, addr) = (
+        field("serving UDID ", ' '),
+        field("USBMUXD_SOCKET_ADDRESS=", ')'),
+    );
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let tool = |bin: &Path, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.env("USBMUXD_SOCKET_ADDRESS", &addr)
+            .args(["-u", &udid])
+            .args(args);
+        run_with_timeout(c, LIMIT)
+    };
+    let out = tool(&pair, &["pair"]);
+    assert!(out.stdout.contains("SUCCESS"), "{out:?}");
+    let out = tool(&ib2, &["backup", "--full", s(&theirs)]);
+    assert!(out.stdout.contains("Backup Successful."), "{out:?}");
+    let o = cradle(&[
+        "backup",
+        "--usbmuxd",
+        &addr,
+        "--to-repo",
+        s(&repo.path),
+        "--state-dir",
+        s(&tmp.path().join("host-state")),
+        "--password-file",
+        s(&repo.pw),
+    ]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(o.success, "backup --to-repo over usbmuxd: {o:?}");
+    let out = tmp.path().join("export");
+    repo.export("latest", &out);
+    assert_trees_equal(
+        &backup_files(&theirs.join(&udid)),
+        &backup_files(&out.join(&udid)),
+        "export vs idevicebackup2's folder",
+    );
+}
+
+#[test]
+fn two_phones_on_one_drive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(tmp.path());
+    let (sent1, _) = repo.backup(51, 1);
+    let s1 = repo.size();
+    let (sent2, _) = repo.backup(52, 1);
+    let s2 = repo.size();
+    eprintln!(
+        "phone 1: sent {sent1}, repository {s1}; phone 2: sent {sent2}, +{}",
+        s2 - s1
+    );
+    // Each phone's bytes are stored at most once (no cross-seed content in the synthetic
+    // phone; files duplicated inside a phone, such as SDK files in many apps, are stored once).
+    assert!(s2 - s1 <= sent2 + 256 * 1024);
+    let ids = repo.snapshot_ids();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0].1, ids[1].1);
+    for (i, seed) in [(0usize, 51u64), (1, 52)] {
+        let folder = tmp.path().join(format!("folder-{seed}"));
+        folder_backup(tmp.path(), &folder, &repo.pw, seed, 1);
+        let out = tmp.path().join(format!("export-{seed}"));
+        repo.export(&ids[i].0, &out);
+        assert_trees_equal(
+            &backup_files(&folder.join(&ids[i].1)),
+            &backup_files(&out.join(&ids[i].1)),
+            &format!("phone {seed}"),
+        );
+    }
+}
+
+#[test]
+fn wrong_password_is_one_clear_line_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(tmp.path());
+    repo.backup(61, 1);
+    let before = read_tree(&repo.path);
+    let bad = tmp.path().join("bad-pw");
+    std::fs::write(&bad, "not the password\n").unwrap();
+    let o = cradle(&[
+        "backup",
+        "--sim",
+        &format!("{PROFILE}:61:2"),
+        "--sim-dpic",
+        DPIC,
+        "--to-repo",
+        s(&repo.path),
+        "--state-dir",
+        s(&repo.state),
+        "--password-file",
+        s(&bad),
+    ]);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("wrong password"), "{}", o.stderr);
+    let o = cradle(&[
+        "export",
+        "latest",
+        "--repo",
+        s(&repo.path),
+        "--password-file",
+        s(&bad),
+        "--out",
+        s(&tmp.path().join("x")),
+    ]);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("wrong password"), "{}", o.stderr);
+    assert_eq!(before, read_tree(&repo.path), "the repository changed");
+    assert!(!tmp.path().join("x").exists());
+}
