@@ -637,4 +637,60 @@ mod tests {
         a.encode(&mut t2).unwrap();
         assert!(decode_table(&t2).is_err());
     }
+
+    #[test]
+    fn records_and_tables_read_back_through_the_snapshot_and_table_modules() {
+        use crate::store::repo::InitOptions;
+        use crate::store::seal::BlobKind;
+        use crate::store::storage::CrashStorage;
+        let st = std::sync::Arc::new(CrashStorage::new());
+        let pw = crate::password::Password::new("pw");
+        let mut repo = Repository::init(st, &pw, &InitOptions::for_tests()).unwrap();
+        let content = repo.put_stream(&b"hello"[..], BlobKind::Data).unwrap();
+        let e = FileEntry {
+            file_id: [7; 20],
+            row: Some(EntryRow {
+                flags: 1,
+                domain: "HomeDomain".into(),
+                relative_path: "a".into(),
+                mbfile: vec![1],
+            }),
+            content: Content::Plain(content),
+        };
+        let table = encode_table(std::slice::from_ref(&e)).unwrap();
+        let ts = repo.put_stream(&table[..], BlobKind::Meta).unwrap();
+        repo.flush().unwrap();
+        let r = SnapshotRecord {
+            kind: SnapshotKind::Digested,
+            udid: "U".into(),
+            device_name: "D".into(),
+            product_type: String::new(),
+            product_version: String::new(),
+            build_version: String::new(),
+            serial_number: String::new(),
+            phone_date: 1,
+            box_started: 2,
+            box_finished: 3,
+            box_clock: false,
+            is_full_backup: true,
+            parent: SnapshotId::ZERO,
+            digested_from: SnapshotId::ZERO,
+            backup_kek: Zeroizing::new([5; 32]),
+            chunker_used: [65536, 262144, 1048576],
+            tops: vec![],
+            counts: Counts::default(),
+            content_bytes: 5,
+            file_table: ts,
+        };
+        let id = commit_record(&repo, &r, &mut |_| Ok(())).unwrap();
+        let theirs = repo.load_snapshot(&id).unwrap();
+        assert_eq!(theirs.device.udid, "U");
+        assert_eq!(theirs.backup_kek.0, [5; 32]);
+        assert_eq!(theirs.file_table, r.file_table);
+        let mut rd = repo.file_table_reader(&theirs.file_table);
+        let got = rd.next_entry(&repo).unwrap().unwrap();
+        assert_eq!(got.file_id, e.file_id);
+        assert_eq!(got.content.stream(), e.stream());
+        assert!(rd.next_entry(&repo).unwrap().is_none());
+    }
 }
