@@ -5,6 +5,7 @@ use super::host::{
     BackupEvent, BackupOptions, HostError, Mb2Session, Phase, SessionConfig, TransferSummary,
 };
 use super::target::{BackupPath, BackupTarget, TargetError};
+use crate::ios_backup::plists::{InfoPlist, InfoPlistParams, DEFAULT_ITUNES_VERSION};
 use crate::lockdown::{self, HostIdentity, LockdownSession, PairStore, SessionOptions};
 use crate::services::afc::{
     AfcClient, PostNotification, SyncLock, SyncLockError, SyncLockPolicy, IBOOKS_DATA2_PATH,
@@ -19,7 +20,6 @@ use crate::services::springboard::SpringboardClient;
 use crate::services::{
     AFC_SERVICE, INSTALLATION_PROXY_SERVICE, NOTIFICATION_PROXY_SERVICE, SPRINGBOARD_SERVICE,
 };
-use crate::ios_backup::plists::{InfoPlist, InfoPlistParams, DEFAULT_ITUNES_VERSION};
 use crate::transport::{BoxStream, DeviceConnector};
 use plist::{Dictionary, Value};
 use std::io::{Read, Write};

@@ -101,7 +101,11 @@ impl Shared {
     }
 
     /// Waits on `streams` for a wake-up, at most until `deadline`.
-    fn wait_until<'a>(&self, st: MutexGuard<'a, State>, deadline: Instant) -> MutexGuard<'a, State> {
+    fn wait_until<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, State> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.streams
             .wait_timeout(st, left)
@@ -486,7 +490,8 @@ impl MuxHost {
 
     /// Stops the threads; open streams fail with `NotConnected`.
     pub fn shutdown(&self) {
-        self.shared.stop_and_join("the usbmux host was shut down", &self.threads);
+        self.shared
+            .stop_and_join("the usbmux host was shut down", &self.threads);
     }
 }
 
@@ -577,7 +582,8 @@ impl MuxDevice {
 
     /// Stops the threads; open streams fail with `NotConnected`.
     pub fn shutdown(&self) {
-        self.shared.stop_and_join("the usbmux device was shut down", &self.threads);
+        self.shared
+            .stop_and_join("the usbmux device was shut down", &self.threads);
     }
 }
 
