@@ -2,6 +2,8 @@
 //! missing one fails or skips the test), the `cradle` binary, and tree comparison.
 #![allow(dead_code)]
 
+pub mod mb2;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
