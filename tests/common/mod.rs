@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mb2;
+pub mod usbmux;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
