@@ -10,6 +10,8 @@ mod daemon;
 mod demo;
 mod display;
 mod password;
+mod password_change;
+mod phone;
 mod repo;
 mod sim;
 

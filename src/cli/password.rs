@@ -36,6 +36,9 @@ pub enum PasswordCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Change the attached phone's backup password (it asks for its passcode), then the password
+    /// sealed on the box for it, then with --repo the repository's key file.
+    ChangePhone(super::password_change::ChangePhoneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +73,9 @@ pub struct StoreArgs {
     /// secrets.allow_host_key: without a TPM, seal with the weaker host key instead of refusing.
     #[arg(long, env = "CRADLE_SECRETS_ALLOW_HOST_KEY")]
     allow_host_key: bool,
+    /// The host key file for host-key sealing (default: systemd's own).
+    #[arg(long, hide = true, value_name = "FILE", env = "CRADLE_SECRETS_HOST_KEY_FILE")]
+    host_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -81,11 +87,12 @@ impl StoreArgs {
                 None => TpmDevice::Auto,
             },
             allow_host_key: self.allow_host_key,
+            host_key_file: self.host_key_file.clone(),
             ..SystemdCredsConfig::from_env()
         }
     }
 
-    fn open(&self) -> anyhow::Result<SystemdCredsStore> {
+    pub(super) fn open(&self) -> anyhow::Result<SystemdCredsStore> {
         Ok(SystemdCredsStore::open(self.config())?)
     }
 }
@@ -166,6 +173,7 @@ pub fn run(cmd: PasswordCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        PasswordCommand::ChangePhone(args) => super::password_change::run(args),
     }
 }
 
