@@ -42,6 +42,7 @@
 //!   next writer's recovery deletes; everything flushed before stays readable.
 
 pub mod caps;
+pub mod check;
 pub mod chunker;
 pub mod codec;
 pub mod export;
@@ -52,6 +53,7 @@ pub mod journal;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+pub mod prune;
 pub mod repo;
 pub mod repo_target;
 pub mod seal;
@@ -61,3 +63,4 @@ pub mod staging;
 pub mod storage;
 pub mod stream;
 pub mod table;
+pub mod walk;
