@@ -259,7 +259,10 @@ impl Checker<'_> {
         self.report.findings.push(Finding { severity, message });
     }
 
-    fn keys_and_config(&mut self, progress: &mut dyn FnMut(CheckProgress)) -> Result<(), CheckError> {
+    fn keys_and_config(
+        &mut self,
+        progress: &mut dyn FnMut(CheckProgress),
+    ) -> Result<(), CheckError> {
         let storage = self.repo.storage().clone();
         let names = storage.list("keys")?;
         let total = names.len() as u64;
@@ -363,7 +366,9 @@ impl Checker<'_> {
         if dups > 0 {
             self.find(
                 Severity::Warning,
-                format!("{dups} chunks are stored in more than one pack (prune removes the copies)"),
+                format!(
+                    "{dups} chunks are stored in more than one pack (prune removes the copies)"
+                ),
             );
         }
         Ok(out)
@@ -462,8 +467,13 @@ impl Checker<'_> {
             if self.bad.contains(&(p, *id)) {
                 continue;
             }
-            match pack::read_blob(self.repo.storage().as_ref(), self.repo.keys(), &p, &loc, true)
-            {
+            match pack::read_blob(
+                self.repo.storage().as_ref(),
+                self.repo.keys(),
+                &p,
+                &loc,
+                true,
+            ) {
                 Ok(b) => return Ok(b),
                 Err(e) => {
                     self.find(Severity::Error, e.to_string());
@@ -549,10 +559,14 @@ impl Checker<'_> {
         for n in storage.list("snapshots")? {
             match SnapshotId::from_hex(&n) {
                 Some(id) => ids.push(id),
-                None if n.ends_with(".tmp") => {
-                    self.find(Severity::Info, format!("snapshots/{n}: leftover temporary file"))
-                }
-                None => self.find(Severity::Warning, format!("snapshots/{n}: not a snapshot name")),
+                None if n.ends_with(".tmp") => self.find(
+                    Severity::Info,
+                    format!("snapshots/{n}: leftover temporary file"),
+                ),
+                None => self.find(
+                    Severity::Warning,
+                    format!("snapshots/{n}: not a snapshot name"),
+                ),
             }
         }
         let total = ids.len() as u64;
@@ -698,7 +712,10 @@ impl Checker<'_> {
                 let e = FileEntry::decode_body(body).map_err(|e| e.to_string())?;
                 pos += 4 + len as usize;
                 let key = e.key();
-                if last.as_ref().is_some_and(|l| key.cmp(l) != Ordering::Greater) {
+                if last
+                    .as_ref()
+                    .is_some_and(|l| key.cmp(l) != Ordering::Greater)
+                {
                     return Err("entries out of order or repeated".into());
                 }
                 last = Some(key);
@@ -839,14 +856,39 @@ mod tests {
     #[test]
     fn subset_is_deterministic_and_sized() {
         let packs: Vec<PackId> = (0..40u8).map(|i| PackId::from_bytes([i; 32])).collect();
-        let a = select_packs(&packs, ReadData::Subset { percent: 10, seed: 7 });
-        let b = select_packs(&packs, ReadData::Subset { percent: 10, seed: 7 });
-        let c = select_packs(&packs, ReadData::Subset { percent: 10, seed: 8 });
+        let a = select_packs(
+            &packs,
+            ReadData::Subset {
+                percent: 10,
+                seed: 7,
+            },
+        );
+        let b = select_packs(
+            &packs,
+            ReadData::Subset {
+                percent: 10,
+                seed: 7,
+            },
+        );
+        let c = select_packs(
+            &packs,
+            ReadData::Subset {
+                percent: 10,
+                seed: 8,
+            },
+        );
         assert_eq!(a.len(), 4);
         assert_eq!(a, b);
         assert_ne!(a, c, "another seed picks other packs");
         assert_eq!(
-            select_packs(&packs[..3], ReadData::Subset { percent: 1, seed: 0 }).len(),
+            select_packs(
+                &packs[..3],
+                ReadData::Subset {
+                    percent: 1,
+                    seed: 0
+                }
+            )
+            .len(),
             1
         );
         assert_eq!(select_packs(&packs, ReadData::All).len(), 40);

@@ -364,20 +364,12 @@ pub fn prune(
         .filter_map(|n| SnapshotId::from_hex(n))
         .collect();
     let decisions = plan(&listing.snapshots, &pins, &opts.policy);
-    let keep: HashSet<SnapshotId> = decisions
-        .iter()
-        .filter(|d| d.keep)
-        .map(|d| d.id)
-        .collect();
+    let keep: HashSet<SnapshotId> = decisions.iter().filter(|d| d.keep).map(|d| d.id).collect();
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
     };
-    let mut forget: Vec<SnapshotId> = decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.id)
-        .collect();
+    let mut forget: Vec<SnapshotId> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
     forget.extend(listing.superseded_raw.iter().copied());
     forget.sort();
     for id in &listing.superseded_raw {
@@ -451,16 +443,18 @@ pub fn prune(
     }
     report.forgotten = forget;
 
-    // 3. Sweep: decide per pack; copy the live blobs of sparse packs into new, durable packs.
+    // 3. Sweep. A pack with no live chunk goes; one at least half live is kept whole, and its
+    // chunks are kept there; the live blobs of the others not kept elsewhere are copied into new
+    // packs, made durable before any old pack is deleted. A chunk is kept once: copies left by a
+    // crashed repack are garbage.
     let mut doomed: Vec<(PackId, u64)> = Vec::new();
-    let mut writers: HashMap<bool, PackWriter> = HashMap::new();
-    let mut copied: HashSet<ChunkId> = HashSet::new();
-    let mut new_bytes = 0u64;
+    let mut whole: Vec<PackId> = Vec::new();
+    let mut sparse: Vec<(PackId, u64)> = Vec::new();
     for (i, (p, len)) in headers.iter().enumerate() {
         progress(PruneProgress {
             phase: PrunePhase::Sweep,
             done: i as u64,
-            total: headers.len() as u64,
+            total: 2 * headers.len() as u64,
         });
         let blobs = match pack::read_pack_header(storage.as_ref(), repo.keys(), p) {
             Ok((_, b)) => b,
@@ -470,25 +464,64 @@ pub fn prune(
             }
         };
         let total: u64 = blobs.iter().map(|b| u64::from(b.entry.stored_len)).sum();
-        let live: Vec<_> = blobs.iter().filter(|b| filter.maybe(&b.entry.id)).collect();
-        let live_bytes: u64 = live.iter().map(|b| u64::from(b.entry.stored_len)).sum();
-        if live.is_empty() {
+        let live_bytes: u64 = blobs
+            .iter()
+            .filter(|b| filter.maybe(&b.entry.id))
+            .map(|b| u64::from(b.entry.stored_len))
+            .sum();
+        if live_bytes == 0 {
             report.packs_deleted += 1;
             doomed.push((*p, *len));
-            continue;
+        } else if live_bytes * 2 >= total {
+            whole.push(*p);
+        } else {
+            sparse.push((*p, *len));
         }
-        if live_bytes * 2 >= total {
-            continue;
+    }
+    // 128 bits of a keyed ChunkId: a collision among millions of chunks is far less likely
+    // than a disk error, and the set stays small on the box.
+    let short = |id: &ChunkId| -> u128 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&id.as_bytes()[..16]);
+        u128::from_le_bytes(b)
+    };
+    let mut kept: HashSet<u128> = HashSet::new();
+    for p in &whole {
+        let (_, blobs) = pack::read_pack_header(storage.as_ref(), repo.keys(), p)?;
+        for b in blobs.iter().filter(|b| filter.maybe(&b.entry.id)) {
+            kept.insert(short(&b.entry.id));
         }
+    }
+    let mut writers: HashMap<bool, PackWriter> = HashMap::new();
+    let mut new_bytes = 0u64;
+    for (i, (p, len)) in sparse.iter().enumerate() {
+        progress(PruneProgress {
+            phase: PrunePhase::Sweep,
+            done: (headers.len() + i) as u64,
+            total: (headers.len() + sparse.len()) as u64,
+        });
+        let (_, blobs) = pack::read_pack_header(storage.as_ref(), repo.keys(), p)?;
+        let live: Vec<_> = blobs
+            .iter()
+            .filter(|b| filter.maybe(&b.entry.id) && !kept.contains(&short(&b.entry.id)))
+            .collect();
         report.packs_repacked += 1;
-        if opts.dry_run {
+        if live.is_empty() {
             doomed.push((*p, *len));
-            new_bytes += live_bytes;
+            continue;
+        }
+        if opts.dry_run {
+            for b in live {
+                if kept.insert(short(&b.entry.id)) {
+                    new_bytes += u64::from(b.entry.stored_len);
+                }
+            }
+            doomed.push((*p, *len));
             continue;
         }
         let mut ok = true;
         for b in live {
-            if copied.contains(&b.entry.id) {
+            if kept.contains(&short(&b.entry.id)) {
                 continue;
             }
             let sealed = storage.read_range(
@@ -505,7 +538,10 @@ pub fn prune(
                 break;
             }
             let meta = b.entry.kind == BlobKind::Meta;
-            if writers.get(&meta).is_some_and(|w| !w.has_room(sealed.len())) {
+            if writers
+                .get(&meta)
+                .is_some_and(|w| !w.has_room(sealed.len()))
+            {
                 if let Some(w) = writers.remove(&meta) {
                     new_bytes += finish(repo, w, &mut report)?;
                 }
@@ -517,7 +553,7 @@ pub fn prune(
                 }
             };
             w.add(b.entry, &sealed)?;
-            copied.insert(b.entry.id);
+            kept.insert(short(&b.entry.id));
             if w.len() >= u64::from(repo.config().pack_target) {
                 if let Some(w) = writers.remove(&meta) {
                     new_bytes += finish(repo, w, &mut report)?;
@@ -559,11 +595,7 @@ pub fn prune(
     Ok(report)
 }
 
-fn finish(
-    repo: &Repository,
-    w: PackWriter,
-    report: &mut PruneReport,
-) -> Result<u64, PruneError> {
+fn finish(repo: &Repository, w: PackWriter, report: &mut PruneReport) -> Result<u64, PruneError> {
     let fin = w.finish(repo.keys())?;
     report.packs_written += 1;
     Ok(fin.file_len)
@@ -682,7 +714,9 @@ mod tests {
         );
         assert_eq!(kept(&d), vec![id(1), id(10), id(50)]);
         // No policy: keep everything.
-        assert!(plan(&snaps, &none, &Policy::default()).iter().all(|d| d.keep));
+        assert!(plan(&snaps, &none, &Policy::default())
+            .iter()
+            .all(|d| d.keep));
     }
 
     #[test]
