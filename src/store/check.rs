@@ -698,10 +698,7 @@ impl Checker<'_> {
             buf.drain(..pos);
             pos = 0;
             buf.extend_from_slice(&chunk);
-            loop {
-                let Some(head) = buf.get(pos..pos + 4) else {
-                    break;
-                };
+            while let Some(head) = buf.get(pos..pos + 4) {
                 let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
                 if len > ENTRY_MAX {
                     return Err(format!("entry of {len} bytes is over the cap"));

@@ -204,7 +204,7 @@ pub fn plan(
     }
     let mut out = Vec::new();
     for (udid, mut list) in by_device {
-        list.sort_by(|a, b| (b.1.phone_date, b.0).cmp(&(a.1.phone_date, a.0)));
+        list.sort_by_key(|s| std::cmp::Reverse((s.1.phone_date, s.0)));
         // (rule name, remaining count, bucket function, last bucket)
         type Bucket = fn(i64) -> i64;
         let mut rules: Vec<(&'static str, u32, Bucket, Option<i64>)> = vec![
