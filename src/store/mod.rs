@@ -58,7 +58,6 @@ pub mod prune;
 pub mod repo;
 pub mod repo_target;
 pub mod seal;
-pub mod snaprec;
 pub mod snapshot;
 pub mod staging;
 pub mod stats;
