@@ -163,8 +163,53 @@ fn check_clean_flipped_byte_deleted_pack_and_could_not_run() {
     assert_eq!(o.code, Some(1));
     assert!(o.stdout.contains("damaged snapshot "), "{o:?}");
     assert!(o.stdout.contains("  file "), "{o:?}");
-    // Undamaged parts still read: listings work.
-    assert!(repo.run(&["ls", "latest"]).success);
+    // Undamaged parts still read: listings work, and files of another domain extract.
+    let ls = repo.run(&["ls", "latest"]);
+    assert!(ls.success, "{ls:?}");
+    let latest = repo
+        .json(&["snapshots", "--json"])
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad_domains: std::collections::BTreeSet<String> = damaged
+        .iter()
+        .filter(|d| d["id"].as_str() == Some(latest.as_str()))
+        .flat_map(|d| d["files"].as_array().unwrap().clone())
+        .map(|f| {
+            f["path"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        !bad_domains.is_empty(),
+        "the latest snapshot shares the damaged file"
+    );
+    let good = ls
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(|p| p.split('/').next().unwrap().to_string())
+        .find(|d| !bad_domains.contains(d))
+        .expect("a domain without damage");
+    let out = tmp.path().join("extract-good");
+    let o = repo.run(&["extract", "latest", "--domain", &good, "--out", s(&out)]);
+    assert!(o.success, "{o:?}");
+    assert!(o.stderr.contains("is damaged"), "{o:?}");
+    assert!(out.join(&good).is_dir());
+    let bad = bad_domains.iter().next().unwrap();
+    let out = tmp.path().join("extract-bad");
+    let o = repo.run(&["extract", "latest", "--domain", bad, "--out", s(&out)]);
+    assert!(!o.success, "a damaged file does not extract: {o:?}");
     std::fs::write(&pack, &saved).unwrap();
 
     // A deleted pack is found without reading data.
