@@ -54,7 +54,8 @@ pub enum Command {
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
-    /// Backup passwords sealed on the box (per phone, or the box default).
+    /// Backup passwords sealed on the box (per phone, or the box default); `add`, `change`,
+    /// `list` manage the passwords (key files) of a repository.
     #[command(subcommand)]
     Password(password::PasswordCommand),
     #[command(flatten)]
