@@ -39,6 +39,9 @@ pub enum PasswordCommand {
     /// Change the attached phone's backup password (it asks for its passcode), then the password
     /// sealed on the box for it, then with --repo the repository's key file.
     ChangePhone(super::password_change::ChangePhoneArgs),
+    /// The repository's own passwords (key files): add, change, list with --repo.
+    #[command(flatten)]
+    Repo(super::repo_keys::RepoPasswordCommand),
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +102,7 @@ impl StoreArgs {
 
 pub fn run(cmd: PasswordCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PasswordCommand::Repo(c) => super::repo_keys::run(c),
         PasswordCommand::Set {
             slot,
             password_file,
