@@ -135,7 +135,14 @@ fn snapshot_line(o: &Output) -> &str {
 fn seal_works(b: &Box) -> bool {
     let probe = b.tmp.path().join("probe");
     std::fs::write(&probe, "probe password\n").unwrap();
-    let o = b.cradle(&["password", "set", "--udid", "SEAL-PROBE", "--password-file", s(&probe)]);
+    let o = b.cradle(&[
+        "password",
+        "set",
+        "--udid",
+        "SEAL-PROBE",
+        "--password-file",
+        s(&probe),
+    ]);
     let ok = o.success && o.stdout.contains("host-key");
     if !ok {
         eprintln!("skipping the sealed-password checks: host-key sealing unavailable: {o:?}");
@@ -158,7 +165,11 @@ fn phone_sealed_password_and_repository_change_together() {
     }
     let o = b.change(&b.old, &extra);
     assert!(o.success, "{o:?}");
-    assert!(o.stdout.contains("now encrypts its backups with the new password"), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("now encrypts its backups with the new password"),
+        "{o:?}"
+    );
     assert!(o.stdout.contains("key file keys/"), "{o:?}");
 
     // The repository opens with the new password only.
@@ -208,14 +219,18 @@ fn wrong_old_password_is_refused_and_changes_nothing() {
     // With --repo the repository refuses first, before the phone is touched.
     let o = b.change(&wrong, &["--repo", s(&b.repo), "--no-seal"]);
     assert!(!o.success, "{o:?}");
-    assert!(o.stderr.contains("wrong password for the repository"), "{o:?}");
+    assert!(
+        o.stderr.contains("wrong password for the repository"),
+        "{o:?}"
+    );
 
     // Without it the phone itself refuses.
     let seal = seal_works(&b);
     let o = b.change(&wrong, if seal { &[] } else { &["--no-seal"] });
     assert!(!o.success, "{o:?}");
     assert!(
-        o.stderr.contains("the phone refused to change its backup password")
+        o.stderr
+            .contains("the phone refused to change its backup password")
             && o.stderr.contains("Nothing was changed"),
         "{o:?}"
     );

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use super::phone::{connect, open_host_state, HostState, PhoneArgs};
 pub use super::phone::{
     parse_sim_spec, SimSpec, HOST_IDENTITY_FILE, PAIR_RECORDS_DIR, SIM_STATE_DIR, SYSTEM_STATE_DIR,
 };
-use super::phone::{connect, open_host_state, HostState, PhoneArgs};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("dest").required(true).args(["to_folder", "to_repo"])))]

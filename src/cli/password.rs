@@ -77,7 +77,12 @@ pub struct StoreArgs {
     #[arg(long, env = "CRADLE_SECRETS_ALLOW_HOST_KEY")]
     allow_host_key: bool,
     /// The host key file for host-key sealing (default: systemd's own).
-    #[arg(long, hide = true, value_name = "FILE", env = "CRADLE_SECRETS_HOST_KEY_FILE")]
+    #[arg(
+        long,
+        hide = true,
+        value_name = "FILE",
+        env = "CRADLE_SECRETS_HOST_KEY_FILE"
+    )]
     host_key_file: Option<PathBuf>,
 }
 

@@ -208,9 +208,8 @@ pub fn run(args: ChangePhoneArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn open_repo(path: &Path, old: &Password) -> anyhow::Result<Repository> {
-    super::repo::open_with(path, old).context(
-        "the repository must open with the old password before the phone's is changed",
-    )
+    super::repo::open_with(path, old)
+        .context("the repository must open with the old password before the phone's is changed")
 }
 
 /// Adds a key file for `new` (proven to open the repository) and only then removes the old one.
@@ -257,9 +256,15 @@ mod tests {
             description: Some("wrong password".into()),
         }));
         let s = explain_refusal(&e);
-        assert!(s.contains("ErrorCode 207") && s.contains("old password"), "{s}");
+        assert!(
+            s.contains("ErrorCode 207") && s.contains("old password"),
+            "{s}"
+        );
         assert!(s.ends_with("Nothing was changed"), "{s}");
         let s = explain_refusal(&RunError::EncryptionAlreadySet(false));
-        assert!(s.contains("not encrypted") && s.contains("nothing was changed"), "{s}");
+        assert!(
+            s.contains("not encrypted") && s.contains("nothing was changed"),
+            "{s}"
+        );
     }
 }

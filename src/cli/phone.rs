@@ -249,7 +249,6 @@ pub fn connect(args: &PhoneArgs, state: &Path) -> anyhow::Result<Connection> {
     Ok(Connection::Muxd(dev))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
