@@ -292,7 +292,7 @@ fn later_days_store_what_changed_and_older_snapshots_export_byte_identical() {
         prev = Some(p);
     }
     for (id, p) in &snaps {
-        let rec = cradle::store::snaprec::load_record(&r.repo, id).unwrap();
+        let rec = r.repo.load_snapshot(id).unwrap();
         let out = tmp.path().join(format!("export-{}", p.day()));
         cradle::store::export::export(&r.repo, &rec, &out).unwrap();
         let want = tmp.path().join(format!("folder-{}", p.day()));
