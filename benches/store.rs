@@ -92,6 +92,20 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat (clock
+/// ticks of 1/100 s): on a shared machine, a fairer figure than wall time.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set")))
 }
@@ -152,8 +166,9 @@ fn mode_tree() {
     let mut repo = open_or_init(&root);
     let files = tree_files(&tree);
     let before = dir_bytes(&root.join("packs"));
-    let (mut bytes, mut since_flush) = (0u64, 0u64);
+    let (mut bytes, mut since_flush, mut flush_secs) = (0u64, 0u64, 0f64);
     let t = Instant::now();
+    let cpu0 = cpu_secs();
     for rel in &files {
         let f = std::fs::File::open(tree.join(rel)).expect("open");
         let st = repo
@@ -166,17 +181,28 @@ fn mode_tree() {
         since_flush += st.length;
         // As ingest does: packs made durable every 64 MiB of input.
         if since_flush >= 64 << 20 {
+            let f = Instant::now();
             repo.flush().expect("flush");
+            flush_secs += f.elapsed().as_secs_f64();
             since_flush = 0;
         }
     }
+    let f = Instant::now();
     repo.flush().expect("flush");
+    flush_secs += f.elapsed().as_secs_f64();
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     let added = dir_bytes(&root.join("packs")) - before;
     println!("tree_files {}", files.len());
     println!("tree_bytes {bytes}");
     println!("tree_secs {secs:.3}");
+    println!("tree_cpu_secs {cpu:.2}");
+    println!("tree_flush_secs {flush_secs:.2}");
     println!("tree_mb_s {:.1}", bytes as f64 / 1e6 / secs);
+    println!(
+        "tree_mb_per_cpu_s {:.1}",
+        bytes as f64 / 1e6 / cpu.max(0.01)
+    );
     println!("tree_pack_bytes_added {added}");
     if let Some(prev) = std::env::var_os("CRADLE_BENCH_PREV_TREE").map(PathBuf::from) {
         let changed: u64 = files
@@ -312,9 +338,15 @@ fn main() {
         let mut repo = Repository::init(Arc::new(storage.clone()), &Password::new("b"), &options)
             .expect("init");
         let t = Instant::now();
+        let cpu0 = cpu_secs();
         let st = repo.put_stream(&data[..], BlobKind::Data).expect("put");
         repo.flush().expect("flush");
         let secs = t.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu0;
+        println!(
+            "put_stream_{name}_per_cpu_s {:.0} MB/s",
+            data.len() as f64 / 1e6 / cpu.max(0.01)
+        );
         let stored: u64 = storage
             .file_names()
             .iter()
