@@ -2,6 +2,9 @@
 //! missing one fails or skips the test), the `cradle` binary, and tree comparison.
 #![allow(dead_code)]
 
+pub mod mb2;
+pub mod usbmux;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
