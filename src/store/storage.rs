@@ -201,6 +201,36 @@ fn parent_of(path: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 // Local file system
 
+/// Environment variable of the crash-test hook: the process aborts right after its Nth fsync on
+/// a `LocalStorage` (debug builds only; see [`after_fsync`]).
+pub const KILL_AFTER_FSYNCS_ENV: &str = "CRADLE_TEST_KILL_AFTER_FSYNCS";
+
+/// Crash-test hook, compiled into debug builds only (release builds, which the box runs, have
+/// an empty function): with `CRADLE_TEST_KILL_AFTER_FSYNCS=N` set, the process aborts (no
+/// destructors, no buffered writes flushed, exactly like SIGKILL for the files it leaves) right
+/// after its Nth fsync, so tests/crash_kill.rs can stop a real `cradle` at exact points of the
+/// commit order. Without the variable it only counts.
+#[cfg(debug_assertions)]
+fn after_fsync() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var(KILL_AFTER_FSYNCS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = *limit {
+        if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn after_fsync() {}
+
 /// `Storage` on a local folder: ext4 or exFAT (format.md §17).
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -242,6 +272,7 @@ impl LocalStorage {
         if self.exfat {
             rustix::fs::syncfs(&f).map_err(|e| StorageError::from_io(dir, e.into()))?;
         }
+        after_fsync();
         Ok(())
     }
 
@@ -302,6 +333,7 @@ impl NewFile for LocalNewFile {
             .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| StorageError::from_io(&path, e))?;
+        after_fsync();
         drop(file);
         let fin = storage.full(&path, false)?;
         storage.rename_noreplace(&tmp, &fin, &path)?;
@@ -433,6 +465,7 @@ impl Storage for LocalStorage {
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| StorageError::from_io(path, e))?;
+        after_fsync();
         self.fsync_dir(parent_of(path))
     }
 
@@ -478,7 +511,9 @@ impl Storage for LocalStorage {
             .write(true)
             .open(&p)
             .map_err(|e| StorageError::from_io(path, e))?;
-        f.sync_all().map_err(|e| StorageError::from_io(path, e))
+        f.sync_all().map_err(|e| StorageError::from_io(path, e))?;
+        after_fsync();
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &str) -> StorageResult<()> {
