@@ -268,6 +268,20 @@ fn damaged_records_and_superseded_raw() {
     assert_eq!(l.superseded_raw, vec![raw_id]);
     let ids: Vec<SnapshotId> = l.snapshots.iter().map(|(i, _)| *i).collect();
     assert_eq!(ids, vec![dig_id, other_id], "ordered by phone_date");
+    // Oldest first by box time, then phone date; the superseded raw record stays hidden.
+    let mut late = record(&mut repo, &t, 5);
+    late.box_finished = 9;
+    let late_id = repo.commit_snapshot(&late).unwrap();
+    let ids: Vec<SnapshotId> = repo
+        .snapshots_oldest_first()
+        .unwrap()
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(ids, vec![dig_id, other_id, late_id]);
+    repo.storage()
+        .delete(&format!("snapshots/{late_id}"))
+        .unwrap();
 
     // Bit rot in a record: its name no longer matches; listed as damaged, others still readable.
     assert!(s.tamper(&format!("snapshots/{other_id}"), |b| b[60] ^= 1));

@@ -577,11 +577,11 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
             "snapshot {} ({}) of {udid}: {} files ({} new, {} bytes) in {:.1} s",
             r.snapshot,
             match r.kind {
-                cradle::store::snaprec::SnapshotKind::Digested => "digested",
-                cradle::store::snaprec::SnapshotKind::Raw =>
+                cradle::store::snapshot::SnapshotKind::Digested => "digested",
+                cradle::store::snapshot::SnapshotKind::Raw =>
                     "raw: the phone's backup password is not the repository's",
             },
-            r.counts.files,
+            r.counts.all_files(),
             r.files_ingested,
             r.bytes_ingested,
             t.elapsed().as_secs_f64()

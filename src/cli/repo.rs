@@ -9,9 +9,10 @@ use cradle::password::{resolve_password, Password};
 use cradle::store::export::export;
 use cradle::store::ids::SnapshotId;
 use cradle::store::repo::{InitOptions, RepoError, Repository};
-use cradle::store::snaprec::{self, Content, FileEntry, SnapshotKind, SnapshotRecord};
+use cradle::store::snapshot::{SnapshotKind, SnapshotRecord};
 use cradle::store::storage::LocalStorage;
-use std::collections::BTreeMap;
+use cradle::store::table::{Content, FileEntry};
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -116,7 +117,7 @@ pub fn open_with(path: &Path, pw: &Password) -> anyhow::Result<Repository> {
 
 /// Resolves SNAP: `latest`, or a unique prefix of a SnapshotId.
 pub fn resolve(repo: &Repository, snap: &str) -> anyhow::Result<(SnapshotId, SnapshotRecord)> {
-    let all = snaprec::list_records(repo)?;
+    let all = repo.snapshots_oldest_first()?;
     if snap == "latest" {
         return all
             .into_iter()
@@ -208,23 +209,23 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
         }
         RepoCommand::Snapshots { repo, json } => {
             let (r, _) = open_repo(&repo)?;
-            let all = snaprec::list_records(&r)?;
+            let all = r.snapshots_oldest_first()?;
             if json {
                 let v: Vec<serde_json::Value> = all
                     .iter()
                     .map(|(id, s)| {
                         serde_json::json!({
                             "id": id.to_hex(),
-                            "udid": s.udid,
-                            "device_name": s.device_name,
-                            "product_type": s.product_type,
-                            "product_version": s.product_version,
+                            "udid": s.device.udid,
+                            "device_name": s.device.device_name,
+                            "product_type": s.device.product_type,
+                            "product_version": s.device.product_version,
                             "kind": kind_name(s.kind),
                             "phone_date_ms": s.phone_date,
                             "box_finished_ms": s.box_finished,
                             "parent": (!s.parent.is_zero()).then(|| s.parent.to_hex()),
                             "full": s.is_full_backup,
-                            "files": s.counts.files,
+                            "files": s.counts.all_files(),
                             "dirs": s.counts.dirs,
                             "links": s.counts.links,
                             "content_bytes": s.content_bytes,
@@ -238,11 +239,11 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                         "{}  {}  {}  {} ({})  {}  {} files  {:.1} MB",
                         &id.to_hex()[..12],
                         date(s.phone_date),
-                        s.udid,
-                        s.device_name,
-                        s.product_type,
+                        s.device.udid,
+                        s.device.device_name,
+                        s.device.product_type,
                         kind_name(s.kind),
-                        s.counts.files,
+                        s.counts.all_files(),
                         s.content_bytes as f64 / 1e6
                     );
                 }
@@ -258,7 +259,8 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
         } => {
             let (r, _) = open_repo(&repo)?;
             let (_, rec) = resolve(&r, &snapshot)?;
-            for e in snaprec::load_table(&r, &rec)? {
+            let mut rd = r.file_table_reader(&rec.file_table);
+            while let Some(e) = rd.next_entry(&r)? {
                 let p = entry_path(&e);
                 if path.as_deref().is_some_and(|want| !p.starts_with(want)) {
                     continue;
@@ -281,28 +283,44 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
             let (r, _) = open_repo(&repo)?;
             let (_, a) = resolve(&r, &snapshot1)?;
             let (_, b) = resolve(&r, &snapshot2)?;
-            let key = |e: FileEntry| (entry_path(&e), e);
-            let ta: BTreeMap<String, FileEntry> =
-                snaprec::load_table(&r, &a)?.into_iter().map(key).collect();
-            let tb: BTreeMap<String, FileEntry> =
-                snaprec::load_table(&r, &b)?.into_iter().map(key).collect();
+            // Both tables are in the same order: merge them, one entry of each in memory.
+            let mut ra = r.file_table_reader(&a.file_table);
+            let mut rb = r.file_table_reader(&b.file_table);
+            let (mut ea, mut eb) = (ra.next_entry(&r)?, rb.next_entry(&r)?);
             let (mut add, mut del, mut md) = (0, 0, 0);
-            for (p, e) in &tb {
-                match ta.get(p) {
-                    None => {
-                        add += 1;
-                        println!("+ {p}");
+            loop {
+                let ord = match (&ea, &eb) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(x), Some(y)) => x.key().cmp(&y.key()),
+                };
+                match ord {
+                    Ordering::Less => {
+                        if let Some(x) = &ea {
+                            del += 1;
+                            println!("- {}", entry_path(x));
+                        }
+                        ea = ra.next_entry(&r)?;
                     }
-                    Some(old) if old != e => {
-                        md += 1;
-                        println!("M {p}");
+                    Ordering::Greater => {
+                        if let Some(y) = &eb {
+                            add += 1;
+                            println!("+ {}", entry_path(y));
+                        }
+                        eb = rb.next_entry(&r)?;
                     }
-                    _ => {}
+                    Ordering::Equal => {
+                        if ea != eb {
+                            md += 1;
+                            if let Some(y) = &eb {
+                                println!("M {}", entry_path(y));
+                            }
+                        }
+                        ea = ra.next_entry(&r)?;
+                        eb = rb.next_entry(&r)?;
+                    }
                 }
-            }
-            for p in ta.keys().filter(|p| !tb.contains_key(*p)) {
-                del += 1;
-                println!("- {p}");
             }
             eprintln!("{add} added, {del} removed, {md} modified");
         }
@@ -319,7 +337,7 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "exported snapshot {} to {}: {} files, {} bytes in {:.2} s",
                 &id.to_hex()[..12],
-                out.join(&rec.udid).display(),
+                out.join(&rec.device.udid).display(),
                 st.files,
                 st.bytes,
                 t.elapsed().as_secs_f64()
@@ -350,11 +368,11 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                 .tempdir()
                 .context("local temporary space")?;
             export(&r, &rec, tmp.path())?;
-            let folder = BackupFolder::open(&tmp.path().join(&rec.udid))?;
+            let folder = BackupFolder::open(&tmp.path().join(&rec.device.udid))?;
             let open = if folder.is_encrypted() {
                 let keys = folder
                     .keybag()?
-                    .unlock_with_kek(&rec.backup_kek)
+                    .unlock_with_kek(&rec.backup_kek.0)
                     .map_err(|e| anyhow::anyhow!("the snapshot's recorded key: {e}"))?;
                 folder.open_with_keys(keys)?
             } else {

@@ -483,6 +483,38 @@ impl ManifestDb {
         Rows::new(self, Some(domain.to_owned()))
     }
 
+    /// Every row, validated, handed to `f` one at a time in ascending (`domain`, `relativePath`)
+    /// order compared as byte strings (the order of Cradle's file tables, docs/format.md §9.3),
+    /// ties by rowid. SQLite sorts in its own temporary storage, so memory stays bounded however
+    /// many rows there are. A bad row is handed over as `Err(ManifestDbError::Row)` and the walk
+    /// goes on; a database error is handed over and ends it; `f` returning `Err` ends it too.
+    pub fn for_each_row_by_path<E>(
+        &self,
+        mut f: impl FnMut(Result<ManifestRow, ManifestDbError>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sql = format!(
+            "{ROW_SELECT} ORDER BY CAST(domain AS BLOB), CAST(relativePath AS BLOB), rowid"
+        );
+        let mut stmt = match self.conn.prepare(&sql) {
+            Ok(s) => s,
+            Err(e) => return f(Err(self.sqlite(e))),
+        };
+        let mut rows = match stmt.query(params![MAX_MBFILE_LEN as i64, TEXT_CAP as i64]) {
+            Ok(r) => r,
+            Err(e) => return f(Err(self.sqlite(e))),
+        };
+        loop {
+            match rows.next() {
+                Ok(None) => return Ok(()),
+                Ok(Some(row)) => match RawRow::read(row) {
+                    Ok(raw) => f(raw.into_row(&self.path))?,
+                    Err(e) => return f(Err(self.sqlite(e))),
+                },
+                Err(e) => return f(Err(self.sqlite(e))),
+            }
+        }
+    }
+
     /// The row for `domain` / `relative_path`, found by its fileID, validated.
     pub fn lookup(
         &self,
@@ -1016,6 +1048,40 @@ mod tests {
         assert_eq!(safe_domain(""), Err(PathError::Empty));
         assert_eq!(safe_domain(".."), Err(PathError::DotDot));
         assert_eq!(safe_domain("a/b"), Err(PathError::Slash));
+    }
+
+    #[test]
+    fn rows_by_path_come_in_byte_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Manifest.db");
+        let mut rows = sample_rows();
+        // Upper case sorts before lower case as bytes; "a/b" before "a0" ('/' < '0').
+        rows.push(ManifestRow::new("HomeDomain", file("Zed", 0o100644, 1)));
+        rows.push(ManifestRow::new("HomeDomain", file("a0", 0o100644, 1)));
+        rows.push(ManifestRow::new("HomeDomain", file("a/b", 0o100644, 1)));
+        write(&path, &rows);
+        let db = ManifestDb::open(&path).unwrap();
+        let mut got = Vec::new();
+        db.for_each_row_by_path(|r| -> Result<(), ManifestDbError> {
+            let r = r?;
+            got.push((r.domain, r.relative_path));
+            Ok(())
+        })
+        .unwrap();
+        let mut want: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.domain.clone(), r.relative_path.clone()))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(got[0].0, "CameraRollDomain");
+        // The callback's error ends the walk.
+        let mut n = 0;
+        let r = db.for_each_row_by_path(|_| {
+            n += 1;
+            Err::<(), _>("stop")
+        });
+        assert_eq!((r, n), (Err("stop"), 1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Byte-identical export of a snapshot (format.md §9.2): each plaintext file re-encrypted with its
 //! own key (zero IV, PKCS#7), Manifest.db with the ManifestKey, raw files as stored.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -8,9 +9,8 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::repo::{RepoError, Repository};
-use super::snaprec::{
-    load_table, Content, FileEntry, RecordError, SnapshotKind, SnapshotRecord, TopEncoding, TopFile,
-};
+use super::snapshot::{SnapshotKind, SnapshotRecord, TopEncoding, TopFile};
+use super::table::{Content, FileEntry};
 use crate::ios_backup::cbc_stream::EncryptWriter;
 use crate::ios_backup::keybag::{Keybag, UnlockedKeybag};
 use crate::ios_backup::keywrap::WrappedKey;
@@ -20,12 +20,9 @@ use crate::ios_backup::plists::ManifestPlist;
 /// Why an export (or a read of a snapshot's files) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// Reading the repository failed.
+    /// Reading the repository (a record, its table or a stream) failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// A record or table could not be read.
-    #[error(transparent)]
-    Record(#[from] RecordError),
     /// The snapshot's keys do not open (its Manifest.plist or recorded KEK is unusable).
     #[error("snapshot {what}: {reason}")]
     Keys { what: String, reason: String },
@@ -78,7 +75,7 @@ impl SnapshotKeys {
         }
         let kb = Keybag::decode(manifest.backup_keybag()).map_err(|e| err(e.to_string()))?;
         let unlocked = kb
-            .unlock_with_kek(&record.backup_kek)
+            .unlock_with_kek(&record.backup_kek.0)
             .map_err(|e| err(format!("the recorded backup key does not unlock it: {e}")))?;
         let manifest_key = match manifest.manifest_key() {
             Some(mk) => {
@@ -104,17 +101,46 @@ impl SnapshotKeys {
 
     /// A file's own key from its MBFile blob.
     pub fn file_key(&self, mbfile: &[u8]) -> Result<Option<Zeroizing<[u8; 32]>>, String> {
+        if self.unlocked.is_none() {
+            return Ok(None);
+        }
+        let f = MbFile::decode(mbfile).map_err(|e| e.to_string())?;
+        self.unwrap_key(f.encryption_key.as_deref())
+    }
+
+    /// A file's own key from its wrapped `EncryptionKey` blob (`None`: its record had none).
+    pub fn unwrap_key(&self, blob: Option<&[u8]>) -> Result<Option<Zeroizing<[u8; 32]>>, String> {
         let Some(kb) = &self.unlocked else {
             return Ok(None);
         };
-        let f = MbFile::decode(mbfile).map_err(|e| e.to_string())?;
-        let blob = f
-            .encryption_key
-            .as_deref()
-            .ok_or("no EncryptionKey in its record")?;
+        let blob = blob.ok_or("no EncryptionKey in its record")?;
         let w = WrappedKey::decode(blob).map_err(|e| e.to_string())?;
         kb.unwrap_file_key(&w).map(Some).map_err(|e| e.to_string())
     }
+}
+
+/// The wrapped `EncryptionKey` of every plaintext entry with a row, by fileID: what a working
+/// tree needs to re-encrypt its parent's files without keeping their rows. The table is read one
+/// entry at a time; the map costs about 100 bytes per plaintext file (20-byte fileID, ~44-byte
+/// blob, map overhead). Rows whose MBFile does not decode are left out (writing them fails as
+/// `write_entry` would).
+pub fn wrapped_keys(
+    repo: &Repository,
+    record: &SnapshotRecord,
+) -> Result<HashMap<[u8; 20], Vec<u8>>, ExportError> {
+    let mut out = HashMap::new();
+    let mut rd = repo.file_table_reader(&record.file_table);
+    while let Some(e) = rd.next_entry(repo)? {
+        if let (Content::Plain(_), Some(r)) = (&e.content, &e.row) {
+            if let Some(k) = MbFile::decode(&r.mbfile)
+                .ok()
+                .and_then(|f| f.encryption_key)
+            {
+                out.insert(e.file_id, k);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn copy_stream(
@@ -170,6 +196,31 @@ pub fn write_entry(
                     })?,
                 None => None,
             };
+            copy_stream(repo, s, key.as_deref(), out)
+        }
+        Content::None | Content::Absent => Ok(()),
+    }
+}
+
+/// Writes a data file as the phone sent it from its content and, for plaintext, its wrapped
+/// `EncryptionKey` (see `wrapped_keys`); `what` names it in errors.
+pub fn write_content(
+    repo: &Repository,
+    keys: &SnapshotKeys,
+    content: &Content,
+    wrapped_key: Option<&[u8]>,
+    what: &str,
+    out: &mut dyn Write,
+) -> Result<(), ExportError> {
+    match content {
+        Content::Raw(s) => copy_stream(repo, s, None, out),
+        Content::Plain(s) => {
+            let key = keys
+                .unwrap_key(wrapped_key)
+                .map_err(|reason| ExportError::FileKey {
+                    file: what.to_string(),
+                    reason,
+                })?;
             copy_stream(repo, s, key.as_deref(), out)
         }
         Content::None | Content::Absent => Ok(()),
@@ -248,7 +299,8 @@ fn write_file(
 }
 
 /// Writes `<out>/<udid>/`: the top files and one data file per entry with content, each
-/// byte-identical to what the phone sent. `out` must be absent or empty.
+/// byte-identical to what the phone sent. `out` must be absent or empty. The table is read one
+/// entry at a time.
 pub fn export(
     repo: &Repository,
     record: &SnapshotRecord,
@@ -256,7 +308,7 @@ pub fn export(
 ) -> Result<ExportStats, ExportError> {
     prepare_out(out)?;
     let keys = SnapshotKeys::for_record(repo, record)?;
-    let root = out.join(&record.udid);
+    let root = out.join(&record.device.udid);
     let mk = |p: &Path| {
         fs::create_dir_all(p).map_err(|source| ExportError::Output {
             path: p.into(),
@@ -265,13 +317,14 @@ pub fn export(
     };
     mk(&root)?;
     let mut stats = ExportStats::default();
-    for top in &record.tops {
+    for top in &record.top_files {
         write_file(&root.join(&top.name), &mut stats, |w| {
             write_top(repo, &keys, top, w)
         })?;
     }
-    for e in load_table(repo, record)? {
-        if e.stream().is_none() {
+    let mut rd = repo.file_table_reader(&record.file_table);
+    while let Some(e) = rd.next_entry(repo)? {
+        if e.content.stream().is_none() {
             continue;
         }
         let id = e.file_id_hex();

@@ -9,24 +9,23 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::codec::{DecodeError, Reader};
-use super::export::{write_entry, ExportError, SnapshotKeys};
+use super::export::{wrapped_keys, write_content, ExportError, SnapshotKeys};
 use super::ids::{SessionId, SnapshotId};
 use super::journal::{Journal, JournalError, JournalKind};
 use super::repo::{now_ms, RepoError, Repository};
 use super::seal::BlobKind;
-use super::snaprec::{
-    commit_record, load_record, load_table, Content, Counts, EntryRow, FileEntry, RecordError,
-    SnapshotKind, SnapshotRecord, TopEncoding, TopFile,
+use super::snapshot::{
+    is_valid_top_name, BackupKek, Counts, DeviceInfo, SnapshotKind, SnapshotRecord, TopEncoding,
+    TopFile,
 };
-use super::staging::{Node, Session, StagingError, WorkTree};
+use super::staging::{BaseFile, Node, Session, StagingError, WorkTree};
 use super::stream::Stream;
+use super::table::{Content, FileEntry, Row};
 use crate::ios_backup::cbc_stream::{self, DecryptReader, PaddingMode, PaddingOutcome};
 use crate::ios_backup::is_valid_file_id;
 use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::keywrap::WrappedKey;
-use crate::ios_backup::manifest_db::{
-    ManifestDb, ManifestRow, FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK,
-};
+use crate::ios_backup::manifest_db::{ManifestDb, ManifestRow, FLAG_FILE};
 use crate::ios_backup::mbfile::MbFile;
 use crate::ios_backup::plists::{ManifestPlist, StatusPlist};
 use crate::password::Password;
@@ -47,8 +46,6 @@ pub enum IngestError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Repo(#[from] RepoError),
-    #[error(transparent)]
-    Record(#[from] RecordError),
     #[error(transparent)]
     Export(#[from] ExportError),
     /// The staged backup lacks something it needs (Manifest.plist, Manifest.db).
@@ -117,7 +114,7 @@ impl Done {
     fn decode(b: &[u8]) -> Result<Done, DecodeError> {
         let mut r = Reader::new(b);
         let d = match r.u8("ingest frame")? {
-            1 => Done::File(FileEntry::decode(
+            1 => Done::File(FileEntry::decode_body(
                 r.bytes(super::caps::ENTRY_MAX, "entry")?,
             )?),
             2 => {
@@ -161,6 +158,8 @@ struct Ctx<'a> {
     files_ingested: u64,
     bytes_ingested: u64,
     parent: Option<(SnapshotRecord, Option<SnapshotKeys>)>,
+    /// The parent's wrapped file keys by fileID, read once from its table when first needed.
+    parent_wrapped: Option<HashMap<[u8; 20], Vec<u8>>>,
 }
 
 impl Ctx<'_> {
@@ -225,8 +224,29 @@ impl Ctx<'_> {
             .ok_or_else(|| IngestError::Incomplete("parent keys".into()))
     }
 
+    fn parent_wrapped(&mut self) -> Result<&HashMap<[u8; 20], Vec<u8>>, IngestError> {
+        if self.parent_wrapped.is_none() {
+            let Some((rec, _)) = self.parent.as_ref() else {
+                return Err(IngestError::Incomplete("no parent snapshot".into()));
+            };
+            self.parent_wrapped = Some(wrapped_keys(self.repo, rec)?);
+        }
+        self.parent_wrapped
+            .as_ref()
+            .ok_or_else(|| IngestError::Incomplete("parent keys".into()))
+    }
+
+    /// The wrapped `EncryptionKey` a parent file was stored under (plaintext content only).
+    fn parent_key(&mut self, f: &BaseFile) -> Result<Option<Vec<u8>>, IngestError> {
+        match f.content {
+            Content::Plain(_) => Ok(self.parent_wrapped()?.get(&f.file_id).cloned()),
+            _ => Ok(None),
+        }
+    }
+
     /// A parent file's ciphertext as the phone once sent it, stored raw.
-    fn reencrypt_raw(&mut self, entry: &FileEntry) -> Result<Content, IngestError> {
+    fn reencrypt_raw(&mut self, f: &BaseFile) -> Result<Content, IngestError> {
+        let wrapped = self.parent_key(f)?;
         self.parent_keys()?;
         let mut tmp = tempfile::tempfile().map_err(IngestError::Scratch)?;
         {
@@ -236,7 +256,15 @@ impl Ctx<'_> {
                 .and_then(|p| p.1.as_ref())
                 .ok_or_else(|| IngestError::Incomplete("parent keys".into()))?;
             let mut w = io::BufWriter::new(&mut tmp);
-            write_entry(self.repo, keys, entry, &mut w)?;
+            let what = hex::encode(f.file_id);
+            write_content(
+                self.repo,
+                keys,
+                &f.content,
+                wrapped.as_deref(),
+                &what,
+                &mut w,
+            )?;
             io::Write::flush(&mut w).map_err(IngestError::Scratch)?;
         }
         tmp.rewind().map_err(IngestError::Scratch)?;
@@ -271,7 +299,11 @@ fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
     kb.unwrap_file_key(&w).ok()
 }
 
-/// Runs (or resumes) the ingest of a `done` session and commits its snapshot.
+/// Runs (or resumes) the ingest of a `done` session and commits its snapshot. Manifest.db rows
+/// (sorted by SQLite in its own temporary storage) and file-table entries stream through one at
+/// a time; what stays in memory is the working tree (a path and a small node per file), the
+/// parent's wrapped file keys once one of its plaintext files is carried over (about 100 bytes
+/// per file, `export::wrapped_keys`), and the `FileDone` entries of an interrupted run.
 pub fn ingest(
     repo: &mut Repository,
     id: SessionId,
@@ -282,10 +314,10 @@ pub fn ingest(
     let parent = if info.parent.is_zero() {
         None
     } else {
-        Some(load_record(repo, &info.parent)?)
+        Some(repo.load_snapshot(&info.parent)?)
     };
     let mut tree = match &parent {
-        Some(rec) => WorkTree::from_parent(rec, load_table(repo, rec)?),
+        Some(rec) => WorkTree::from_parent(repo, rec)?,
         None => WorkTree::new(),
     };
     for op in &ops {
@@ -312,12 +344,12 @@ pub fn ingest(
             }
             Done::Committing(sid) => {
                 // The record may already be there (crash during cleanup).
-                if let Ok(rec) = load_record(repo, &sid) {
+                if let Ok(rec) = repo.load_snapshot(&sid) {
                     session.delete()?;
                     return Ok(IngestReport {
                         snapshot: sid,
                         kind: rec.kind,
-                        udid: rec.udid,
+                        udid: rec.device.udid,
                         counts: rec.counts,
                         files_ingested: 0,
                         bytes_ingested: 0,
@@ -357,6 +389,7 @@ pub fn ingest(
         files_ingested: 0,
         bytes_ingested: 0,
         parent: parent.clone().map(|p| (p, None)),
+        parent_wrapped: None,
     };
 
     let manifest_node = top_node("Manifest.plist")
@@ -381,7 +414,7 @@ pub fn ingest(
             reason: e.to_string(),
         })?;
         if let Some(p) = parent.as_ref().filter(|p| p.kind == SnapshotKind::Digested) {
-            unlocked = kb.unlock_with_kek(&p.backup_kek).ok();
+            unlocked = kb.unlock_with_kek(&p.backup_kek.0).ok();
         }
         if unlocked.is_none() {
             if let Some(pw) = password {
@@ -428,125 +461,67 @@ pub fn ingest(
         }
     }
 
-    let mut entries: Vec<FileEntry> = Vec::new();
-    let mut counts = Counts::default();
-    let parent_entry_key = |e: &FileEntry| -> Option<Vec<u8>> {
-        e.row
-            .as_ref()
-            .and_then(|r| MbFile::decode(&r.mbfile).ok())
-            .and_then(|f| f.encryption_key)
-    };
+    // The file table (§12 step 3), written as it is built: rows in (domain, relativePath) byte
+    // order straight from SQLite, then data files without a row by fileID.
+    let mut writer = ctx.repo.file_table_writer();
     if digested {
         let db = ManifestDb::open(&db_plain).map_err(|e| IngestError::BadBackup {
             what: "Manifest.db".into(),
             reason: e.to_string(),
         })?;
-        let mut rows: Vec<ManifestRow> = Vec::new();
-        for row in db.rows() {
+        let mut last: Option<(String, String)> = None;
+        db.for_each_row_by_path(|row| -> Result<(), IngestError> {
             let row = row.map_err(|e| IngestError::BadBackup {
                 what: "Manifest.db".into(),
                 reason: e.to_string(),
             })?;
-            rows.push(row);
-        }
-        drop(db);
-        rows.sort_by(|a, b| {
-            (a.domain.as_bytes(), a.relative_path.as_bytes())
-                .cmp(&(b.domain.as_bytes(), b.relative_path.as_bytes()))
-        });
-        rows.dedup_by(|a, b| a.domain == b.domain && a.relative_path == b.relative_path);
-        for row in rows {
+            if last
+                .as_ref()
+                .is_some_and(|(d, p)| *d == row.domain && *p == row.relative_path)
+            {
+                // A repeated domain/path (no real Manifest.db has one): the first row counts.
+                return Ok(());
+            }
+            last = Some((row.domain.clone(), row.relative_path.clone()));
             let Some(fid) = hex20(&row.file_id) else {
                 tracing::warn!("skipping a Manifest.db row with a malformed fileID");
-                continue;
+                return Ok(());
             };
-            let erow = EntryRow {
-                flags: row.flags,
-                domain: row.domain.clone(),
-                relative_path: row.relative_path.clone(),
-                mbfile: row.file.encode(),
-            };
-            match row.flags {
-                FLAG_DIRECTORY => counts.dirs += 1,
-                FLAG_SYMLINK => counts.links += 1,
-                _ => {}
-            }
-            if row.flags != FLAG_FILE {
-                entries.push(FileEntry {
-                    file_id: fid,
-                    row: Some(erow),
-                    content: Content::None,
-                });
-                continue;
-            }
-            counts.files += 1;
-            let node = data.remove(&row.file_id);
-            if let Some(e) = done_files.remove(&fid) {
-                entries.push(e);
-                continue;
-            }
-            let content = match node {
-                None => {
-                    counts.absent += 1;
-                    Content::Absent
-                }
-                Some(Node::BaseData(pe)) => {
-                    let same_key = parent_entry_key(&pe) == row.file.encryption_key;
-                    match &pe.content {
-                        Content::Plain(_) if !same_key => ctx.reencrypt_raw(&pe)?,
-                        c => c.clone(),
-                    }
-                }
-                Some(Node::Staged {
-                    staged,
-                    sealed,
-                    size,
-                }) => {
-                    let key = unlocked.as_ref().and_then(|kb| file_key(kb, &row.file));
-                    let c = ingest_staged(&mut ctx, &staged, sealed, size, encrypted, key)?;
-                    ctx.files_ingested += 1;
-                    ctx.bytes_ingested += size;
-                    let e = FileEntry {
-                        file_id: fid,
-                        row: Some(erow),
-                        content: c,
-                    };
-                    ctx.done(Done::File(e.clone()), Some(staged), size)?;
-                    entries.push(e);
-                    continue;
-                }
-                Some(_) => Content::Absent,
-            };
-            entries.push(FileEntry {
-                file_id: fid,
-                row: Some(erow),
-                content,
-            });
-        }
+            let e = row_entry(
+                &mut ctx,
+                &mut data,
+                &mut done_files,
+                unlocked.as_ref(),
+                encrypted,
+                fid,
+                row,
+            )?;
+            writer.push(ctx.repo, &e)?;
+            Ok(())
+        })?;
     }
     // Data files without a row (all of them in a raw snapshot): kept as received.
     let mut rest: Vec<(String, Node)> = data.into_iter().collect();
     rest.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, node) in rest {
         let Some(fid) = hex20(&name) else { continue };
-        counts.orphans += u64::from(digested);
-        if !digested {
-            counts.files += 1;
-        }
-        if let Some(e) = done_files.remove(&fid) {
-            entries.push(e);
-            continue;
-        }
-        let content = match node {
-            Node::BaseData(pe) => match &pe.content {
-                Content::Plain(_) => ctx.reencrypt_raw(&pe)?,
+        let journaled = done_files
+            .remove(&fid)
+            .filter(|e| matches!(e.content, Content::Raw(_)));
+        let content = match (journaled, node) {
+            (Some(e), _) => e.content,
+            (None, Node::BaseData(pf)) => match &pf.content {
+                Content::Plain(_) => ctx.reencrypt_raw(&pf)?,
                 c => c.clone(),
             },
-            Node::Staged {
-                staged,
-                sealed,
-                size,
-            } => {
+            (
+                None,
+                Node::Staged {
+                    staged,
+                    sealed,
+                    size,
+                },
+            ) => {
                 let r = ctx.staged_reader(&staged, sealed)?;
                 let s = ctx.repo.put_stream(r, BlobKind::Raw)?;
                 ctx.files_ingested += 1;
@@ -556,17 +531,20 @@ pub fn ingest(
                     row: None,
                     content: Content::Raw(s),
                 };
-                ctx.done(Done::File(e.clone()), Some(staged), size)?;
-                entries.push(e);
+                writer.push(ctx.repo, &e)?;
+                ctx.done(Done::File(e), Some(staged), size)?;
                 continue;
             }
             _ => continue,
         };
-        entries.push(FileEntry {
-            file_id: fid,
-            row: None,
-            content,
-        });
+        writer.push(
+            ctx.repo,
+            &FileEntry {
+                file_id: fid,
+                row: None,
+                content,
+            },
+        )?;
     }
 
     // Top files (§12 step 2).
@@ -576,7 +554,7 @@ pub fn ingest(
             top_files.push(t);
             continue;
         }
-        if name.len() > 64 || name.starts_with('.') {
+        if !is_valid_top_name(name) || name.starts_with('.') {
             continue;
         }
         let t = if name == "Manifest.db" && digested && db_exact {
@@ -646,17 +624,7 @@ pub fn ingest(
     top_files.truncate(super::caps::TOP_FILES_MAX as usize);
     ctx.commit_batch()?;
 
-    // The file table (§12 step 3), then the commit (§15.1).
-    entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    entries.dedup_by(|a, b| a.file_id == b.file_id);
-    let content_bytes = entries
-        .iter()
-        .filter_map(|e| e.stream())
-        .map(|s| s.length)
-        .sum();
-    let table = super::snaprec::encode_table(&entries)?;
-    let table_stream = ctx.repo.put_stream(&table[..], BlobKind::Meta)?;
-    ctx.repo.flush()?;
+    let summary = writer.finish(ctx.repo)?;
 
     let lock = |k: &str| manifest.lockdown_string(k).unwrap_or_default().to_string();
     let cap = |s: String, n: usize| -> String {
@@ -682,55 +650,46 @@ pub fn ingest(
         } else {
             SnapshotKind::Raw
         },
-        udid: cap(info.udid.clone(), 64),
-        device_name: cap(lock("DeviceName"), 256),
-        product_type: cap(lock("ProductType"), 64),
-        product_version: cap(lock("ProductVersion"), 32),
-        build_version: cap(lock("BuildVersion"), 32),
-        serial_number: cap(lock("SerialNumber"), 64),
+        device: DeviceInfo {
+            udid: cap(info.udid.clone(), 64),
+            device_name: cap(lock("DeviceName"), 256),
+            product_type: cap(lock("ProductType"), 64),
+            product_version: cap(lock("ProductVersion"), 32),
+            build_version: cap(lock("BuildVersion"), 32),
+            serial_number: cap(lock("SerialNumber"), 64),
+        },
         phone_date: date_ms(status.as_ref().and_then(|s| s.date()).or(manifest.date())),
         box_started: info.started,
         box_finished: now_ms(),
-        box_clock: false,
+        box_clock_synced: false,
         is_full_backup: status
             .as_ref()
             .and_then(|s| s.is_full_backup())
             .unwrap_or(false),
         parent: info.parent,
         digested_from: SnapshotId::ZERO,
-        backup_kek: Zeroizing::new(match (&unlocked, digested) {
+        backup_kek: BackupKek(match (&unlocked, digested) {
             (Some(k), true) => *k.kek(),
             _ => [0; 32],
         }),
-        chunker_used: [dc.min, dc.avg, dc.max],
-        tops: top_files,
-        counts,
-        content_bytes,
-        file_table: table_stream,
+        chunker_used: dc,
+        top_files,
+        counts: summary.counts,
+        content_bytes: summary.content_bytes,
+        file_table: summary.table,
     };
-    let keys = ctx.repo.keys().clone();
-    let st = storage.clone();
-    let journal = &mut ctx.journal;
-    let sid = commit_record(ctx.repo, &record, &mut |sid| {
-        let frame = Done::Committing(*sid)
-            .encode()
-            .map_err(|source| RecordError::Decode {
-                path: "ingest.log".into(),
-                source,
-            })?;
-        journal
-            .push(&keys, &frame)
-            .and_then(|_| journal.sync(st.as_ref()))
-            .map_err(|e| RecordError::Damaged {
-                path: "ingest.log".into(),
-                reason: e.to_string(),
-            })
-    })?;
+    // §15.1 step 4: packs durable and the record sealed (its id known), `Committing{id}` durable
+    // in the journal, then the record written (and the index told, step 5).
+    let prepared = ctx.repo.prepare_snapshot(&record)?;
+    ctx.journal
+        .push(ctx.repo.keys(), &Done::Committing(prepared.id).encode()?)?;
+    ctx.journal.sync(storage.as_ref())?;
+    let sid = ctx.repo.write_snapshot(prepared)?;
     let report = IngestReport {
         snapshot: sid,
         kind: record.kind,
-        udid: record.udid.clone(),
-        counts,
+        udid: record.device.udid.clone(),
+        counts: record.counts,
         files_ingested: ctx.files_ingested,
         bytes_ingested: ctx.bytes_ingested,
     };
@@ -738,6 +697,76 @@ pub fn ingest(
     drop(scratch);
     session.delete()?;
     Ok(report)
+}
+
+/// The table entry of one Manifest.db row: its data file as an interrupted run journaled it, as
+/// the parent had it (stored again, raw, if its key changed), ingested from staging, or absent.
+fn row_entry(
+    ctx: &mut Ctx<'_>,
+    data: &mut HashMap<String, Node>,
+    done_files: &mut HashMap<[u8; 20], FileEntry>,
+    unlocked: Option<&UnlockedKeybag>,
+    encrypted: bool,
+    fid: [u8; 20],
+    row: ManifestRow,
+) -> Result<FileEntry, IngestError> {
+    let erow = Row {
+        flags: row.flags,
+        domain: row.domain.clone(),
+        relative_path: row.relative_path.clone(),
+        mbfile: row.file.encode(),
+    };
+    if row.flags != FLAG_FILE {
+        if data.remove(&row.file_id).is_some() {
+            // Its fileID is the row's: kept as well, it would appear twice in the table.
+            tracing::warn!("dropping a data file named after a directory or link row");
+        }
+        return Ok(FileEntry {
+            file_id: fid,
+            row: Some(erow),
+            content: Content::None,
+        });
+    }
+    let node = data.remove(&row.file_id);
+    if let Some(e) = done_files.remove(&fid) {
+        return Ok(FileEntry {
+            file_id: fid,
+            row: Some(erow),
+            content: e.content,
+        });
+    }
+    let content = match node {
+        None => Content::Absent,
+        Some(Node::BaseData(pf)) => match &pf.content {
+            Content::Plain(_) if ctx.parent_key(&pf)? != row.file.encryption_key => {
+                ctx.reencrypt_raw(&pf)?
+            }
+            c => c.clone(),
+        },
+        Some(Node::Staged {
+            staged,
+            sealed,
+            size,
+        }) => {
+            let key = unlocked.and_then(|kb| file_key(kb, &row.file));
+            let c = ingest_staged(ctx, &staged, sealed, size, encrypted, key)?;
+            ctx.files_ingested += 1;
+            ctx.bytes_ingested += size;
+            let e = FileEntry {
+                file_id: fid,
+                row: Some(erow),
+                content: c,
+            };
+            ctx.done(Done::File(e.clone()), Some(staged), size)?;
+            return Ok(e);
+        }
+        Some(_) => Content::Absent,
+    };
+    Ok(FileEntry {
+        file_id: fid,
+        row: Some(erow),
+        content,
+    })
 }
 
 fn hex20(s: &str) -> Option<[u8; 20]> {

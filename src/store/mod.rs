@@ -55,7 +55,6 @@ pub mod pack;
 pub mod repo;
 pub mod repo_target;
 pub mod seal;
-pub mod snaprec;
 pub mod snapshot;
 pub mod staging;
 pub mod storage;

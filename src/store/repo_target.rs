@@ -1,15 +1,16 @@
 //! `RepoTarget`: the phone's backup folder as a repository sees it — the previous snapshot of this
 //! phone overlaid by a staging session on the drive; no mirror folder exists anywhere.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::export::{write_entry, write_top, SnapshotKeys};
+use super::export::{wrapped_keys, write_content, write_top, SnapshotKeys};
 use super::ids::{SessionId, SnapshotId};
 use super::journal::{encode_header, seal_frame, JournalKind, FRAME_PAYLOAD_MAX};
-use super::repo::{now_ms, Repository};
-use super::snaprec::{self, SnapshotRecord};
+use super::repo::{now_ms, RepoError, Repository};
+use super::snapshot::SnapshotRecord;
 use super::staging::{
     node_size, Node, Op, Session, SessionInfo, StagingError, TreeError, WorkTree,
 };
@@ -36,14 +37,15 @@ fn tree_err(path: &BackupPath, e: TreeError) -> TargetError {
     TargetError::io(path, errno.into())
 }
 
-/// The newest snapshot of `udid` (by box time), with its table: the working tree's base.
+/// The newest snapshot of `udid` (by box time): the working tree's base.
 pub fn newest_of(
     repo: &Repository,
     udid: &str,
-) -> Result<Option<(SnapshotId, SnapshotRecord)>, snaprec::RecordError> {
-    Ok(snaprec::list_records(repo)?
+) -> Result<Option<(SnapshotId, SnapshotRecord)>, RepoError> {
+    Ok(repo
+        .snapshots_oldest_first()?
         .into_iter()
-        .filter(|(_, r)| r.udid == udid)
+        .filter(|(_, r)| r.device.udid == udid)
         .max_by_key(|(id, r)| (r.box_finished, *id)))
 }
 
@@ -54,6 +56,9 @@ pub struct RepoTarget<'r> {
     tree: WorkTree,
     parent: Option<(SnapshotId, SnapshotRecord)>,
     parent_keys: Option<SnapshotKeys>,
+    /// The parent's wrapped file keys, read from its table the first time the phone reads one of
+    /// its plaintext files back (rare: phones read their manifests, not their data files).
+    parent_wrapped: Option<HashMap<[u8; 20], Vec<u8>>>,
     /// Data files are Apple ciphertext (encrypted backup): staged verbatim.
     encrypted: bool,
     udid: String,
@@ -79,11 +84,10 @@ impl<'r> RepoTarget<'r> {
         })?;
         let tree = match &parent {
             Some((_, rec)) => {
-                let table = snaprec::load_table(repo, rec).map_err(|e| StagingError::Damaged {
+                WorkTree::from_parent(repo, rec).map_err(|e| StagingError::Damaged {
                     path: "parent snapshot".into(),
                     reason: e.to_string(),
-                })?;
-                WorkTree::from_parent(rec, table)
+                })?
             }
             None => WorkTree::new(),
         };
@@ -102,6 +106,7 @@ impl<'r> RepoTarget<'r> {
             tree,
             parent,
             parent_keys: None,
+            parent_wrapped: None,
             encrypted,
             udid: udid.to_string(),
         })
@@ -149,6 +154,16 @@ impl<'r> RepoTarget<'r> {
                 Some(SnapshotKeys::for_record(self.repo, rec).map_err(|e| e.to_string())?);
         }
         self.parent_keys.as_ref().ok_or_else(String::new)
+    }
+
+    fn parent_wrapped(&mut self) -> Result<&HashMap<[u8; 20], Vec<u8>>, String> {
+        if self.parent_wrapped.is_none() {
+            let Some((_, rec)) = &self.parent else {
+                return Err("no parent snapshot".into());
+            };
+            self.parent_wrapped = Some(wrapped_keys(self.repo, rec).map_err(|e| e.to_string())?);
+        }
+        self.parent_wrapped.as_ref().ok_or_else(String::new)
     }
 }
 
@@ -380,11 +395,28 @@ impl BackupTarget for RepoTarget<'_> {
                     write_top(repo, keys, &top, w).map_err(|e| e.to_string())
                 })
             }
-            Node::BaseData(entry) => {
+            Node::BaseData(base) => {
                 let repo = self.repo;
+                self.parent_keys().map_err(|e| eio(path, e))?;
+                let wrapped = match base.content {
+                    super::table::Content::Plain(_) => self
+                        .parent_wrapped()
+                        .map_err(|e| eio(path, e))?
+                        .get(&base.file_id)
+                        .cloned(),
+                    _ => None,
+                };
                 let keys = self.parent_keys().map_err(|e| eio(path, e))?;
                 spill(path, |w| {
-                    write_entry(repo, keys, &entry, w).map_err(|e| e.to_string())
+                    write_content(
+                        repo,
+                        keys,
+                        &base.content,
+                        wrapped.as_deref(),
+                        path.as_str(),
+                        w,
+                    )
+                    .map_err(|e| e.to_string())
                 })
             }
         }

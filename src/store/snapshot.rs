@@ -126,6 +126,14 @@ pub struct Counts {
     pub orphans: u64,
 }
 
+impl Counts {
+    /// Files as a person counts them: file rows (absent ones too) and data files without a row
+    /// (every data file of a raw snapshot).
+    pub fn all_files(&self) -> u64 {
+        self.files + self.absent + self.orphans
+    }
+}
+
 /// A snapshot record's payload (§9.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
@@ -339,6 +347,11 @@ impl SnapshotRecord {
         })
     }
 
+    /// The top file called `name`.
+    pub fn top(&self, name: &str) -> Option<&TopFile> {
+        self.top_files.iter().find(|t| t.name == name)
+    }
+
     /// The ChunkIds the record lists directly (top streams and the table), for durability checks.
     pub fn listed_chunks(&self) -> impl Iterator<Item = &ChunkId> {
         self.top_files
@@ -547,6 +560,19 @@ impl Repository {
         out.snapshots.sort_by(|(ia, a), (ib, b)| {
             (&a.device.udid, a.phone_date, ia).cmp(&(&b.device.udid, b.phone_date, ib))
         });
+        Ok(out)
+    }
+
+    /// The readable records as commands show them and as a backup picks its parent: raw records
+    /// superseded by a digested one hidden (§9.4), damaged ones skipped with a warning, oldest
+    /// first by (`box_finished`, `phone_date`, id). Drive errors other than a vanished file fail.
+    pub fn snapshots_oldest_first(&self) -> Result<Vec<(SnapshotId, SnapshotRecord)>, RepoError> {
+        let listing = self.snapshot_listing()?;
+        for (id, e) in &listing.damaged {
+            tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot record");
+        }
+        let mut out = listing.snapshots;
+        out.sort_by_key(|(id, r)| (r.box_finished, r.phone_date, *id));
         Ok(out)
     }
 

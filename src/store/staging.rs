@@ -10,8 +10,9 @@ use super::journal::{Journal, JournalError, JournalKind};
 use super::keys::Keys;
 use super::repo::{now_ms, RepoError, Repository};
 use super::seal::{self, MAGIC_DONE, MAGIC_SESSION};
-use super::snaprec::{Content, FileEntry, SnapshotRecord, TopEncoding, TopFile};
+use super::snapshot::{SnapshotRecord, TopEncoding, TopFile};
 use super::storage::{Storage, StorageError};
+use super::table::Content;
 use crate::backup2::target::MAX_BACKUP_PATH_LEN;
 use crate::ios_backup::cbc_stream::encrypted_len;
 
@@ -151,13 +152,23 @@ pub enum Node {
     /// A top file of the parent snapshot.
     BaseTop(Arc<TopFile>),
     /// A data file of the parent snapshot.
-    BaseData(Arc<FileEntry>),
+    BaseData(Arc<BaseFile>),
     /// A file received in this session.
     Staged {
         staged: String,
         size: u64,
         sealed: bool,
     },
+}
+
+/// A data file of the parent snapshot as the working tree keeps it: its fileID and content,
+/// not its row (the MBFile stays in the parent's table; see `export::wrapped_keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseFile {
+    /// The fileID of the parent's entry.
+    pub file_id: [u8; 20],
+    /// Its content (`Plain` or `Raw`).
+    pub content: Content,
 }
 
 /// Why an operation on the working tree is refused (mapped to errno by the target).
@@ -189,28 +200,34 @@ impl WorkTree {
     }
 
     /// The parent snapshot's folder: `<udid>/` with its top files and `<xx>/<fileID>` data files.
-    pub fn from_parent(record: &SnapshotRecord, table: Vec<FileEntry>) -> Self {
+    /// The table is read one entry at a time; the tree keeps a path and a `BaseFile` per data
+    /// file (about 100 bytes plus 32 per content chunk), not the rows.
+    pub fn from_parent(repo: &Repository, record: &SnapshotRecord) -> Result<Self, RepoError> {
         let mut t = WorkTree::new();
-        let u = record.udid.clone();
+        let u = record.device.udid.clone();
         t.nodes.insert(u.clone(), Node::Dir);
-        for top in &record.tops {
+        for top in &record.top_files {
             t.nodes.insert(
                 format!("{u}/{}", top.name),
                 Node::BaseTop(Arc::new(top.clone())),
             );
         }
-        for e in table {
-            if e.stream().is_none() {
+        let mut rd = repo.file_table_reader(&record.file_table);
+        while let Some(e) = rd.next_entry(repo)? {
+            if e.content.stream().is_none() {
                 continue;
             }
             let id = e.file_id_hex();
             t.nodes.insert(format!("{u}/{}", &id[..2]), Node::Dir);
             t.nodes.insert(
                 format!("{u}/{}/{id}", &id[..2]),
-                Node::BaseData(Arc::new(e)),
+                Node::BaseData(Arc::new(BaseFile {
+                    file_id: e.file_id,
+                    content: e.content,
+                })),
             );
         }
-        t
+        Ok(t)
     }
 
     /// The node at `path`.

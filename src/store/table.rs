@@ -82,6 +82,11 @@ pub enum TableKey {
 }
 
 impl FileEntry {
+    /// The fileID as lower-case hex (the data file's name in a backup folder).
+    pub fn file_id_hex(&self) -> String {
+        hex::encode(self.file_id)
+    }
+
     /// The entry's sort key.
     pub fn key(&self) -> TableKey {
         match &self.row {
