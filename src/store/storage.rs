@@ -550,6 +550,11 @@ struct CrashState {
     space_left: Option<u64>,
     removed: bool,
     fsyncs: u64,
+    writes: u64,
+    /// The drive is pulled once `fsyncs` reaches this.
+    pull_at_fsync: Option<u64>,
+    /// The drive is pulled once `writes` reaches this.
+    pull_at_write: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -600,6 +605,49 @@ impl CrashStorage {
         }
         s.removed = false;
         s.space_left = None;
+        s.pull_at_fsync = None;
+        s.pull_at_write = None;
+    }
+
+    /// The drive is pulled (as `remove_drive`) right after `n` more fsyncs: the writer fails
+    /// from there on, and a following `crash`/`crash_torn` shows what survived that moment.
+    pub fn pull_after_fsyncs(&self, n: u64) {
+        let mut s = self.lock();
+        s.pull_at_fsync = Some(s.fsyncs + n);
+    }
+
+    /// The drive is pulled right after `n` more writes (appends or streamed writes).
+    pub fn pull_after_writes(&self, n: u64) {
+        let mut s = self.lock();
+        s.pull_at_write = Some(s.writes + n);
+    }
+
+    /// Number of writes (appends and streamed writes) so far.
+    pub fn write_count(&self) -> u64 {
+        self.lock().writes
+    }
+
+    /// An independent copy of the drive as it is now (live and durable state), to try many
+    /// crashes from one starting point.
+    pub fn fork(&self) -> CrashStorage {
+        let s = self.lock();
+        let copy = CrashState {
+            inodes: s.inodes.clone(),
+            next_ino: s.next_ino,
+            live: s.live.clone(),
+            durable: s.durable.clone(),
+            dirs: s.dirs.clone(),
+            last_write: s.last_write,
+            space_left: s.space_left,
+            removed: s.removed,
+            fsyncs: s.fsyncs,
+            writes: s.writes,
+            pull_at_fsync: s.pull_at_fsync,
+            pull_at_write: s.pull_at_write,
+        };
+        CrashStorage {
+            inner: Arc::new(Mutex::new(copy)),
+        }
     }
 
     /// After `n` more bytes written, every write fails with `NoSpace`.
@@ -693,7 +741,18 @@ impl CrashState {
             .live
             .extend_from_slice(bytes);
         self.last_write = Some(ino);
+        self.writes += 1;
+        if self.pull_at_write.is_some_and(|n| self.writes >= n) {
+            self.removed = true;
+        }
         Ok(())
+    }
+
+    fn count_fsync(&mut self) {
+        self.fsyncs += 1;
+        if self.pull_at_fsync.is_some_and(|n| self.fsyncs >= n) {
+            self.removed = true;
+        }
     }
 
     fn new_inode(&mut self) -> u64 {
@@ -703,7 +762,7 @@ impl CrashState {
     }
 
     fn sync_ino(&mut self, ino: u64) {
-        self.fsyncs += 1;
+        self.count_fsync();
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.durable = i.live.clone();
         }
@@ -713,7 +772,7 @@ impl CrashState {
     }
 
     fn sync_dir(&mut self, dir: &str) {
-        self.fsyncs += 1;
+        self.count_fsync();
         let in_dir = |p: &String| parent_of(p) == dir;
         self.durable.retain(|k, _| !in_dir(k));
         let live: Vec<(String, u64)> = self
@@ -751,6 +810,8 @@ impl NewFile for CrashNewFile {
         let mut s = self.storage.lock();
         s.check(&self.path)?;
         s.sync_ino(self.ino);
+        // A drive pulled right after that fsync: the rename never happens.
+        s.check(&self.path)?;
         if s.live.contains_key(&self.path) {
             return Err(StorageError::AlreadyExists { path: self.path });
         }
@@ -868,6 +929,7 @@ impl Storage for CrashStorage {
         s.live.insert(path.to_string(), ino);
         s.write(path, ino, bytes)?;
         s.sync_ino(ino);
+        s.check(path)?;
         s.sync_dir(parent_of(path));
         Ok(())
     }
@@ -894,7 +956,7 @@ impl Storage for CrashStorage {
         s.dirs.retain(|d| d != path && !d.starts_with(&prefix));
         s.live.retain(|k, _| !k.starts_with(&prefix));
         s.durable.retain(|k, _| !k.starts_with(&prefix));
-        s.fsyncs += 1;
+        s.count_fsync();
         Ok(())
     }
 
@@ -915,7 +977,7 @@ impl Storage for CrashStorage {
             acc.push_str(c);
             s.dirs.insert(acc.clone());
         }
-        s.fsyncs += 1;
+        s.count_fsync();
         Ok(())
     }
 
