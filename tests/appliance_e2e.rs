@@ -9,7 +9,7 @@ use cradle::appliance::drive::{read_run_log, CRADLE_DIR, LABEL_FILE};
 use cradle::appliance::status::screen_name;
 use cradle::appliance::{
     plug_simulator, query_status, render_human, serve_status, BoxedPanel, Daemon, DirDrive,
-    FolderDestination, MachineConfig, MemorySecretStore, PanelOpener, StatusReport,
+    MachineConfig, MemorySecretStore, PanelOpener, RepoDestination, StatusReport,
 };
 use cradle::backup2::run::RunOptions;
 use cradle::display::{
@@ -21,6 +21,8 @@ use cradle::password::Password;
 use cradle::sim::device::TrustPolicy;
 use cradle::sim::phone::Profile;
 use cradle::sim::simulator::{EncryptionChoice, Simulator, SimulatorOptions};
+use cradle::store::repo::{InitOptions, Repository};
+use cradle::store::storage::LocalStorage;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -91,6 +93,8 @@ struct Rig {
     thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     socket: PathBuf,
+    /// Byte limit of the repository for the next drive attach (a full drive).
+    limit: Arc<Mutex<Option<u64>>>,
 }
 
 impl Rig {
@@ -121,13 +125,17 @@ impl Rig {
         };
         let mut run_options = RunOptions::default();
         run_options.lockdown.pair.poll_interval = Duration::from_millis(50);
+        let limit: Arc<Mutex<Option<u64>>> = Arc::default();
+        let l2 = limit.clone();
         let parts = DaemonParts {
             machine: MachineConfig::default(),
             drive: Box::new(DirDrive::new(&drive, Some(LABEL.into()))),
-            destination: Box::new(|root: &Path| {
-                Arc::new(FolderDestination::new(
-                    root.join(CRADLE_DIR).join("backups"),
-                )) as Arc<dyn cradle::appliance::Destination>
+            destination: Box::new(move |root: &Path| {
+                let mut d = RepoDestination::new(root).with_init_options(InitOptions::for_tests());
+                if let Some(n) = *l2.lock().unwrap() {
+                    d = d.with_byte_limit(n);
+                }
+                Arc::new(d) as Arc<dyn cradle::appliance::Destination>
             }),
             pair_store: Arc::new(MemoryPairStore::new()),
             host: HostIdentity::generate(Some("Cradle test".into())),
@@ -162,6 +170,7 @@ impl Rig {
             thread: Some(thread),
             stop,
             socket,
+            limit,
         };
         rig.wait("ready");
         rig
@@ -186,7 +195,7 @@ impl Rig {
         }
     }
 
-    /// Waits for the end of a backup: done or an error screen's name.
+    /// Waits for the end of a backup: done, stored-raw or an error screen's name.
     fn wait_end(&mut self) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -199,7 +208,7 @@ impl Rig {
             if self.seen.last() != Some(&name) {
                 self.seen.push(name.clone());
             }
-            if name == "done" || name.starts_with("error") {
+            if name == "done" || name == "stored-raw" || name.starts_with("error") {
                 return name;
             }
         }
@@ -208,6 +217,70 @@ impl Rig {
     fn status(&self) -> StatusReport {
         self.status.lock().unwrap().clone()
     }
+
+    fn repo_dir(&self) -> PathBuf {
+        self.drive.join(CRADLE_DIR)
+    }
+
+    /// The snapshots on the drive (opened with the box's password).
+    fn snapshots(&self) -> Vec<String> {
+        let storage = LocalStorage::new(self.repo_dir()).unwrap();
+        let repo = Repository::open(Arc::new(storage), &Password::new(PASSWORD)).unwrap();
+        let listing = repo.snapshot_listing().unwrap();
+        assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
+        listing
+            .snapshots
+            .iter()
+            .map(|(id, _)| id.to_hex())
+            .collect()
+    }
+
+    /// Exports `snapshot` with the `cradle` command and returns the files it wrote.
+    fn export(&self, snapshot: &str) -> usize {
+        let out = self._dir.path().join(format!("export-{}", &snapshot[..12]));
+        let pw = self._dir.path().join("pw.txt");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .arg("export")
+            .arg("--repo")
+            .arg(self.repo_dir())
+            .arg("--password-file")
+            .arg(&pw)
+            .arg(snapshot)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        count_files(&out)
+    }
+
+    /// Takes the drive away, runs `f` with the rig and the pulled drive's folder, puts it back.
+    fn pull_drive(&mut self, f: impl FnOnce(&Rig, &Path)) {
+        let aside = self.drive.with_extension("pulled");
+        std::fs::rename(&self.drive, &aside).unwrap();
+        self.wait("no-drive");
+        f(self, &aside);
+        std::fs::rename(&aside, &self.drive).unwrap();
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 impl Drop for Rig {
@@ -299,6 +372,16 @@ fn first_backup_turns_encryption_on_and_the_screens_match_their_goldens() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].result.as_deref(), Some("ok"));
     assert!(log[1].bytes.unwrap() > 1_000_000 && log[1].files.unwrap() > 10);
+    // The backup is a snapshot in the drive's repository, verified and exportable.
+    let snaps = rig.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(log[1].snapshot.as_deref(), Some(snaps[0].as_str()));
+    assert_eq!(
+        st.phones[0].last_snapshot.as_deref(),
+        Some(snaps[0].as_str())
+    );
+    assert!(log[1].new_bytes.unwrap() > 0);
+    assert!(rig.export(&snaps[0]) > 10);
 
     // Every picture on the glass is exactly what `render` draws; the fixed ones match goldens.
     let frames = rig.frames.lock().unwrap().clone();
@@ -339,8 +422,85 @@ fn phone_unplugged_mid_backup_then_the_next_plug_in_succeeds() {
     let st = rig.status();
     assert_eq!(st.phones[0].last_result.as_deref(), Some("phone-unplugged"));
     assert!(st.drive.unwrap().safe_to_remove);
+    // Nothing half-done stays: no snapshot, no staging session.
+    assert!(rig.snapshots().is_empty());
+    assert_eq!(count_files(&rig.repo_dir().join("staging")), 0);
     let _phone = plug_simulator(&rig.tx, s).unwrap();
     assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    assert_eq!(rig.snapshots().len(), 1);
+}
+
+#[test]
+fn drive_full_keeps_the_previous_snapshot_and_the_next_plug_in_succeeds() {
+    let mut rig = Rig::new(true);
+    let s = sim(
+        20,
+        EncryptionChoice::On(Password::new(PASSWORD)),
+        TrustPolicy::Auto,
+    );
+    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
+    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    phone.cable().unplug();
+    rig.wait("ready");
+    let first = rig.snapshots();
+    assert_eq!(first.len(), 1);
+    // The same drive comes back with almost no room for this repository.
+    rig.pull_drive(|r, _| *r.limit.lock().unwrap() = Some(20_000));
+    rig.wait("ready");
+    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
+    assert_eq!(rig.wait_end(), "error-drive-full", "{:?}", rig.seen);
+    let st = rig.status();
+    assert_eq!(st.phones[0].last_result.as_deref(), Some("drive-full"));
+    assert!(st.drive.unwrap().safe_to_remove);
+    // What was committed before is intact and still exports.
+    assert_eq!(rig.snapshots(), first);
+    assert!(rig.export(&first[0]) > 10);
+    phone.cable().unplug();
+    rig.wait("ready");
+    // Room again: the next plug-in succeeds.
+    rig.pull_drive(|r, _| *r.limit.lock().unwrap() = None);
+    rig.wait("ready");
+    let _phone = plug_simulator(&rig.tx, s).unwrap();
+    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    assert_eq!(rig.snapshots().len(), 2);
+}
+
+#[test]
+fn a_repository_with_another_password_is_left_alone_and_the_screen_says_so() {
+    let mut rig = Rig::new(true);
+    // Another box's repository on this drive.
+    let other = Password::new("another-box-password");
+    rig.pull_drive(|_, drive| {
+        let dir = drive.join(CRADLE_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        let storage = LocalStorage::new(dir).unwrap();
+        Repository::init(Arc::new(storage), &other, &InitOptions::for_tests()).unwrap();
+    });
+    rig.wait("ready");
+    let s = sim(
+        21,
+        EncryptionChoice::On(Password::new(PASSWORD)),
+        TrustPolicy::Auto,
+    );
+    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
+    assert_eq!(rig.wait_end(), "error-drive-password", "{:?}", rig.seen);
+    assert_eq!(
+        rig.status().phones[0].last_result.as_deref(),
+        Some("drive-password")
+    );
+    let storage = LocalStorage::new(rig.repo_dir()).unwrap();
+    let repo = Repository::open(Arc::new(storage), &other).unwrap();
+    assert!(repo.snapshot_listing().unwrap().snapshots.is_empty());
+    assert_eq!(count_files(&rig.repo_dir().join("staging")), 0);
+    drop(repo);
+    phone.cable().unplug();
+    rig.wait("ready");
+    // The daemon carries on: with the owner's own (emptied) drive the phone is backed up.
+    rig.pull_drive(|_, drive| std::fs::remove_dir_all(drive.join(CRADLE_DIR)).unwrap());
+    rig.wait("ready");
+    let _phone = plug_simulator(&rig.tx, s).unwrap();
+    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    assert_eq!(rig.snapshots().len(), 1);
 }
 
 #[test]
@@ -361,6 +521,7 @@ fn drive_removed_mid_backup_then_back_and_the_backup_completes() {
     std::fs::rename(&aside, &rig.drive).unwrap();
     // The same phone, still plugged in, is backed up on the drive's return.
     assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    assert_eq!(rig.snapshots().len(), 1);
 }
 
 #[test]
@@ -395,13 +556,17 @@ fn unknown_password_is_backed_up_raw_and_the_screen_says_so() {
         ),
     )
     .unwrap();
-    assert_eq!(rig.wait_end(), "error-wrong-password", "{:?}", rig.seen);
+    assert_eq!(rig.wait_end(), "stored-raw", "{:?}", rig.seen);
     let st = rig.status();
     assert_eq!(st.state, "done-raw");
     assert_eq!(st.phones[0].last_result.as_deref(), Some("ok-raw"));
-    // The backup is complete on the drive.
+    assert!(render_human(&st, 0).contains("stored raw"));
+    // The backup is complete on the drive, as a raw snapshot that exports.
     let log = read_run_log(&rig.drive.join(CRADLE_DIR));
     assert_eq!(log.last().unwrap().result.as_deref(), Some("ok-raw"));
+    let snaps = rig.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert!(rig.export(&snaps[0]) > 10);
 }
 
 #[test]
@@ -428,13 +593,14 @@ fn no_oled_does_not_stop_backups() {
 fn unknown_drive_is_left_untouched() {
     init_logs();
     let mut rig = Rig::new(true);
-    // A drive without the label and without a Cradle folder.
+    // A drive with someone's files, without the label and without a Cradle folder.
     std::fs::remove_file(rig.drive.join(LABEL_FILE)).unwrap();
+    std::fs::write(rig.drive.join("holiday.jpg"), b"not ours").unwrap();
     let aside = rig.drive.with_extension("out");
     std::fs::rename(&rig.drive, &aside).unwrap();
     rig.wait("no-drive");
     std::fs::rename(&aside, &rig.drive).unwrap();
-    rig.wait("error-other");
+    rig.wait("error-not-cradle-drive");
     let _p = plug_simulator(
         &rig.tx,
         sim(
@@ -453,7 +619,7 @@ fn unknown_drive_is_left_untouched() {
     }
     assert_eq!(rig.status().state, "error");
     let entries: Vec<_> = std::fs::read_dir(&rig.drive).unwrap().collect();
-    assert!(entries.is_empty(), "the unknown drive was written to");
+    assert_eq!(entries.len(), 1, "the unknown drive was written to");
 }
 
 #[test]
@@ -519,4 +685,38 @@ fn the_demo_runs_and_reports_two_verified_backups() {
     assert!(ends.iter().all(|r| r.result.as_deref() == Some("ok")));
     // Day 2 is incremental: far less than day 1.
     assert!(ends[1].bytes.unwrap() < ends[0].bytes.unwrap() / 2);
+    // Both are snapshots in the drive's repository, listed with their figures.
+    assert!(ends.iter().all(|r| r.snapshot.is_some()));
+    for r in &ends {
+        let id = &r.snapshot.as_deref().unwrap()[..12];
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(id) && l.contains("digested")),
+            "{id}: {stdout}"
+        );
+    }
+    // Day 2 adds far fewer bytes to the drive than its files hold (deduplication).
+    let day2 = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("day 2:") && l.contains("new on the drive"))
+        .unwrap_or_else(|| panic!("no day 2 figures: {stdout}"));
+    let mb: Vec<f64> = day2
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(mb.len() >= 2 && mb[1] * 4.0 < mb[0], "{day2}");
+    assert_eq!(
+        (mb[1] * 100.0).round(),
+        (ends[1].new_bytes.unwrap() as f64 / 1e4).round(),
+        "{day2}"
+    );
+    let dedup = stdout
+        .lines()
+        .find(|l| l.contains("dedup: 2 snapshots hold"))
+        .unwrap_or_else(|| panic!("no dedup line: {stdout}"));
+    assert!(dedup.contains("ratio"), "{dedup}");
+    for cmd in ["snapshots --repo", "ls --repo", "export --repo"] {
+        assert!(stdout.contains(cmd), "{cmd}: {stdout}");
+    }
 }

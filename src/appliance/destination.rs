@@ -1,6 +1,7 @@
 //! Where backups go, behind a small trait so the daemon does not care whether the drive holds
 //! standard backup folders or a Cradle repository: begin a backup, finish it (ingest, verify).
 
+use crate::backup2::run::RunError;
 use crate::backup2::target::{BackupTarget, FolderTarget, TargetError};
 use crate::ios_backup::folder::{BackupFolder, FolderError};
 use crate::password::Password;
@@ -31,17 +32,82 @@ pub enum DestinationError {
         /// What was wrong.
         source: Box<FolderError>,
     },
+    /// The phone's side of the backup failed (not the drive's fault, unless `is_full` says so).
+    #[error(transparent)]
+    Receive(Box<RunError>),
+    /// No room left on the drive (or under the repository's byte limit).
+    #[error("{}: the drive is full", path.display())]
+    Full {
+        /// The repository or folder.
+        path: PathBuf,
+    },
+    /// The drive's repository does not open with the box's password, or the box has none.
+    #[error("{}: {reason}", path.display())]
+    Password {
+        /// The repository.
+        path: PathBuf,
+        /// "wrong password" or "the box has no password".
+        reason: &'static str,
+    },
+    /// The drive's Cradle folder holds files that are not Cradle's and no repository.
+    #[error("{}: not a Cradle repository and not empty ({found}); left untouched", path.display())]
+    NotCradle {
+        /// The folder.
+        path: PathBuf,
+        /// One foreign name found there.
+        found: String,
+    },
+    /// Another writer (a `cradle` command on the drive) holds the repository.
+    #[error("{}: {reason}", path.display())]
+    Busy {
+        /// The repository.
+        path: PathBuf,
+        /// Who holds it.
+        reason: String,
+    },
+    /// The repository failed (opening, staging, ingest).
+    #[error("{}: {reason}", path.display())]
+    Repo {
+        /// The repository.
+        path: PathBuf,
+        /// What failed, with the store's message.
+        reason: String,
+    },
+    /// The new snapshot does not read back.
+    #[error("verifying snapshot {snapshot}: {reason}")]
+    Check {
+        /// The snapshot (hex id).
+        snapshot: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// True when `e` or any error below it says the drive has no room.
+pub fn error_chain_says_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return true;
+            }
+        }
+        if let Some(crate::store::storage::StorageError::NoSpace { .. }) = e.downcast_ref() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 impl DestinationError {
     /// True when the drive has no room left.
     pub fn is_full(&self) -> bool {
-        let io = match self {
-            DestinationError::Io { source, .. } => Some(source),
-            DestinationError::Target(TargetError::Io { source, .. }) => Some(source),
-            _ => None,
-        };
-        io.is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+        match self {
+            DestinationError::Full { .. } => true,
+            DestinationError::Receive(e) => error_chain_says_full(e.as_ref()),
+            other => error_chain_says_full(other),
+        }
     }
 }
 
@@ -50,29 +116,55 @@ impl DestinationError {
 pub struct Stored {
     /// New bytes written to the drive for this backup.
     pub new_bytes: u64,
+    /// Bytes of the backup's files (what a plain folder would hold).
+    pub logical_bytes: u64,
     /// Whether the backup is encrypted.
     pub encrypted: bool,
     /// Whether the box's password opens it (false: stored as the phone sent it, "raw").
     pub password_known: bool,
+    /// The snapshot made (hex id), when the destination is a repository.
+    pub snapshot: Option<String>,
 }
+
+/// One backup to store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRequest<'a> {
+    /// The phone.
+    pub udid: &'a str,
+    /// Whether the phone's backups are encrypted (data files then arrive as Apple ciphertext).
+    pub encrypted: bool,
+    /// The box's password: it opens (or creates) the drive's repository.
+    pub box_password: Option<&'a Password>,
+    /// The phone's backup password when the box holds one for this phone (else the box's is
+    /// tried): it decides whether the backup is digested or kept raw.
+    pub phone_password: Option<&'a Password>,
+}
+
+/// Where the destination is in its part of the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreProgress {
+    /// The phone is done; writing to the drive.
+    Saving,
+    /// Reading back, in per mille.
+    Verifying(u16),
+}
+
+/// The phone's part: fills the target (the mobilebackup2 session).
+pub type Receive<'a> = dyn FnMut(&mut dyn BackupTarget) -> Result<(), RunError> + 'a;
 
 /// A place on the drive that receives backups.
 pub trait Destination: Send + Sync {
-    /// One line for the status and the demo ("backup folders in /mnt/cradle").
+    /// One line for the status and the demo ("Cradle repository in /mnt/cradle/Cradle").
     fn describe(&self) -> String;
     /// The folder on the drive this destination uses (the run log lives there).
     fn root(&self) -> &Path;
-    /// A target to receive a new backup of `udid` into.
-    fn begin(&self, udid: &str) -> Result<Box<dyn BackupTarget + Send>, DestinationError>;
-    /// After the phone's session succeeded: make the backup durable and check it reads back
-    /// (with `password` when the box has one). `received_bytes` is what the phone sent.
-    fn finish(
+    /// Takes one backup: prepares a target, lets `receive` fill it, makes it durable and checks
+    /// it reads back. Nothing committed before is touched when any step fails.
+    fn store(
         &self,
-        udid: &str,
-        target: Box<dyn BackupTarget + Send>,
-        password: Option<&Password>,
-        received_bytes: u64,
-        progress: &mut dyn FnMut(u16),
+        req: &StoreRequest<'_>,
+        receive: &mut Receive<'_>,
+        progress: &mut dyn FnMut(StoreProgress),
     ) -> Result<Stored, DestinationError>;
 }
 
@@ -99,7 +191,12 @@ impl Destination for FolderDestination {
         &self.root
     }
 
-    fn begin(&self, _udid: &str) -> Result<Box<dyn BackupTarget + Send>, DestinationError> {
+    fn store(
+        &self,
+        req: &StoreRequest<'_>,
+        receive: &mut Receive<'_>,
+        progress: &mut dyn FnMut(StoreProgress),
+    ) -> Result<Stored, DestinationError> {
         // The drive's root must exist (it is mounted); only Cradle's folders below are made.
         let drive_root = self
             .root
@@ -116,28 +213,21 @@ impl Destination for FolderDestination {
             path: self.root.clone(),
             source,
         })?;
-        Ok(Box::new(FolderTarget::open(&self.root)?))
-    }
-
-    fn finish(
-        &self,
-        udid: &str,
-        target: Box<dyn BackupTarget + Send>,
-        password: Option<&Password>,
-        received_bytes: u64,
-        progress: &mut dyn FnMut(u16),
-    ) -> Result<Stored, DestinationError> {
+        let mut target = FolderTarget::open(&self.root)?;
+        receive(&mut target).map_err(|e| DestinationError::Receive(Box::new(e)))?;
         drop(target);
-        let dir = self.root.join(udid);
+        progress(StoreProgress::Saving);
+        let dir = self.root.join(req.udid);
         sync_dir_tree(&dir)?;
-        progress(300);
+        progress(StoreProgress::Verifying(300));
         let verify = |source| DestinationError::Verify {
             path: dir.clone(),
             source: Box::new(source),
         };
         let folder = BackupFolder::open(&dir).map_err(verify)?;
         let encrypted = folder.is_encrypted();
-        progress(600);
+        progress(StoreProgress::Verifying(600));
+        let password = req.phone_password.or(req.box_password);
         let password_known = match (encrypted, password) {
             (false, _) => true,
             (true, None) => false,
@@ -147,13 +237,30 @@ impl Destination for FolderDestination {
                 Err(e) => return Err(verify(e)),
             },
         };
-        progress(1000);
+        progress(StoreProgress::Verifying(1000));
+        let bytes = dir_bytes(&dir);
         Ok(Stored {
-            new_bytes: received_bytes,
+            new_bytes: bytes,
+            logical_bytes: bytes,
             encrypted,
             password_known,
+            snapshot: None,
         })
     }
+}
+
+/// Bytes of the files under `dir` (0 for what cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// fsyncs the top of a backup folder (the manifests) and the folder itself, so a backup that

@@ -11,8 +11,9 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The folder on a drive that holds Cradle's data; its presence makes the drive a Cradle drive.
-pub const CRADLE_DIR: &str = "cradle";
+/// The folder on a drive that holds Cradle's data (the repository and the run log); its
+/// presence makes the drive a Cradle drive.
+pub const CRADLE_DIR: &str = super::repo_dest::REPO_DIR;
 /// In directory mode, a file holding the label the owner gave the drive.
 pub const LABEL_FILE: &str = ".cradle-label";
 /// Largest run log read back for the history (older lines beyond it are skipped).
@@ -290,6 +291,7 @@ mod tests {
             new_bytes: Some(1),
             duration_secs: Some(1),
             message: None,
+            snapshot: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! The thread never decides policy; it only turns library calls into events and errors into
 //! `Failure`s the screen can explain.
 
-use super::destination::{Destination, DestinationError};
+use super::destination::{Destination, DestinationError, StoreProgress, StoreRequest};
 use super::machine::{Failure, JobEvent, JobId};
 use crate::backup2::host::{BackupEvent, HostError};
 use crate::backup2::run::{run_backup, run_change_password, RunError, RunOptions};
@@ -75,10 +75,13 @@ pub fn run_job(
         _ => {}
     };
 
-    match identify(conn.as_ref(), &ctx, &opts, &mut events) {
-        Ok((name, will_encrypt)) => emit(JobEvent::Identified { name, will_encrypt }),
+    let mut encrypted = match identify(conn.as_ref(), &ctx, &opts, &mut events) {
+        Ok((name, will_encrypt)) => {
+            emit(JobEvent::Identified { name, will_encrypt });
+            will_encrypt
+        }
         Err(e) => return emit(JobEvent::Failed(failure_of_run(&e, &cancel))),
-    }
+    };
     loop {
         let Ok(cmd) = commands.recv() else { return };
         match cmd {
@@ -98,6 +101,7 @@ pub fn run_job(
                     &mut events,
                 ) {
                     Ok(true) | Err(RunError::EncryptionAlreadySet(true)) => {
+                        encrypted = true;
                         emit(JobEvent::EncryptionEnabled)
                     }
                     Ok(false) => return emit(JobEvent::Failed(Failure::EncryptionRefused)),
@@ -105,7 +109,15 @@ pub fn run_job(
                 }
             }
             JobCommand::Backup => {
-                let result = backup(conn.as_ref(), &udid, &ctx, &opts, &mut events, &emit);
+                let result = backup(
+                    conn.as_ref(),
+                    &udid,
+                    encrypted,
+                    &ctx,
+                    &opts,
+                    &mut events,
+                    &emit,
+                );
                 if let Err(f) = result {
                     if !cancel.load(Ordering::SeqCst) {
                         emit(JobEvent::Failed(f));
@@ -117,34 +129,25 @@ pub fn run_job(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn backup(
     conn: &dyn DeviceConnector,
     udid: &str,
+    encrypted: bool,
     ctx: &JobContext,
     opts: &RunOptions,
     events: &mut dyn FnMut(BackupEvent),
     emit: &dyn Fn(JobEvent),
 ) -> Result<(), Failure> {
-    let mut target = ctx
-        .destination
-        .begin(udid)
-        .map_err(|e| failure_of_dest(&e))?;
-    let report = run_backup(
-        conn,
-        ctx.pair_store.as_ref(),
-        &ctx.host,
-        target.as_mut(),
-        opts,
-        events,
-    )
-    .map_err(|e| failure_of_run(&e, &AtomicBool::new(false)))?;
-    let s = &report.summary;
-    emit(JobEvent::Received {
-        files: s.files_received,
-        bytes: s.bytes_received,
-    });
-    emit(JobEvent::Verifying { permille: Some(0) });
-    let password = match Udid::new(udid) {
+    let box_password = match ctx.secrets.get(&Slot::Default) {
+        Ok(pw) => Some(pw),
+        Err(SecretsError::NotFound { .. }) => None,
+        Err(e) => {
+            tracing::warn!("reading the box's password: {e}");
+            None
+        }
+    };
+    let phone_password = match Udid::new(udid) {
         Ok(u) => match ctx.secrets.password_for_phone(&u) {
             Ok(p) => p.map(|(_, pw)| pw),
             Err(e) => {
@@ -154,20 +157,40 @@ fn backup(
         },
         Err(_) => None,
     };
+    let req = StoreRequest {
+        udid,
+        encrypted,
+        box_password: box_password.as_ref(),
+        phone_password: phone_password.as_ref(),
+    };
+    let mut receive = |target: &mut dyn crate::backup2::target::BackupTarget| {
+        let report = run_backup(
+            conn,
+            ctx.pair_store.as_ref(),
+            &ctx.host,
+            target,
+            opts,
+            events,
+        )?;
+        let s = &report.summary;
+        emit(JobEvent::Received {
+            files: s.files_received,
+            bytes: s.bytes_received,
+        });
+        Ok(())
+    };
     let stored = ctx
         .destination
-        .finish(
-            udid,
-            target,
-            password.as_ref(),
-            s.bytes_received,
-            &mut |p| emit(JobEvent::Verifying { permille: Some(p) }),
-        )
+        .store(&req, &mut receive, &mut |p| match p {
+            StoreProgress::Saving => {}
+            StoreProgress::Verifying(pm) => emit(JobEvent::Verifying { permille: Some(pm) }),
+        })
         .map_err(|e| failure_of_dest(&e))?;
     emit(JobEvent::Verified {
         new_bytes: stored.new_bytes,
         password_known: stored.password_known,
         encrypted: stored.encrypted,
+        snapshot: stored.snapshot,
     });
     Ok(())
 }
@@ -251,12 +274,23 @@ pub fn failure_of_run(e: &RunError, cancel: &AtomicBool) -> Failure {
 
 fn failure_of_dest(e: &DestinationError) -> Failure {
     if e.is_full() {
-        Failure::DriveFull
-    } else {
-        Failure::Other {
+        return Failure::DriveFull;
+    }
+    match e {
+        DestinationError::Receive(run) => failure_of_run(run, &AtomicBool::new(false)),
+        DestinationError::Password { .. } => Failure::DrivePassword,
+        DestinationError::NotCradle { .. } => Failure::NotCradleDrive,
+        DestinationError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Failure::DriveGone
+        }
+        DestinationError::Check { .. } | DestinationError::Verify { .. } => Failure::Other {
+            code: "E-VERIFY".into(),
+            message: e.to_string(),
+        },
+        _ => Failure::Other {
             code: "E-DRIVE".into(),
             message: e.to_string(),
-        }
+        },
     }
 }
 

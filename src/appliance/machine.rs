@@ -50,6 +50,10 @@ pub enum Failure {
     PhoneLocked,
     /// The phone refused to turn encryption on.
     EncryptionRefused,
+    /// The drive's repository does not open with the box's password (or the box has none).
+    DrivePassword,
+    /// The drive's Cradle folder holds foreign files and no repository: never written.
+    NotCradleDrive,
     /// Anything else, with a short code for the screen and a message for the log.
     Other {
         /// Short code shown on the OLED.
@@ -67,6 +71,8 @@ impl Failure {
             Failure::DriveFull => ErrorScreen::DriveFull,
             Failure::TrustDenied => ErrorScreen::TrustDenied,
             Failure::PhoneLocked | Failure::EncryptionRefused => ErrorScreen::PhoneLockedTooLong,
+            Failure::DrivePassword => ErrorScreen::DrivePassword,
+            Failure::NotCradleDrive => ErrorScreen::NotCradleDrive,
             Failure::Other { code, .. } => ErrorScreen::Other { code: code.clone() },
         }
     }
@@ -80,6 +86,8 @@ impl Failure {
             Failure::TrustDenied => "trust-denied".into(),
             Failure::PhoneLocked => "phone-locked".into(),
             Failure::EncryptionRefused => "encryption-refused".into(),
+            Failure::DrivePassword => "drive-password".into(),
+            Failure::NotCradleDrive => "not-a-cradle-drive".into(),
             Failure::Other { code, .. } => code.clone(),
         }
     }
@@ -135,6 +143,8 @@ pub enum JobEvent {
         password_known: bool,
         /// Whether the backup is encrypted at all.
         encrypted: bool,
+        /// The snapshot made (hex id), when the drive holds a repository.
+        snapshot: Option<String>,
     },
     /// The drive is synced and unmounted: safe to remove.
     Unmounted,
@@ -209,6 +219,9 @@ pub struct RunRecord {
     /// Failure detail (never a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The verified snapshot (hex id), on a successful "end" into a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// Settings of the machine.
@@ -243,6 +256,7 @@ struct Job {
     received: (u64, u64),
     verify_permille: Option<u16>,
     verified: Option<(u64, bool)>,
+    snapshot: Option<String>,
 }
 
 /// What the last finished job left on the screen.
@@ -255,6 +269,7 @@ enum Outcome {
     },
     StoredRaw {
         udid: String,
+        new_bytes: u64,
     },
     Error {
         udid: Option<String>,
@@ -275,6 +290,8 @@ pub struct PhoneStatus {
     pub attached: bool,
     /// Not on the allow-list: ignored.
     pub ignored: bool,
+    /// The last verified snapshot (hex id) made while the box was running.
+    pub last_snapshot: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -282,6 +299,7 @@ struct PhoneState {
     name: Option<String>,
     last_backup: Option<u64>,
     last_result: Option<String>,
+    last_snapshot: Option<String>,
     attached: bool,
     /// This attachment has had its attempt (no retry until replugged).
     attempted: bool,
@@ -365,9 +383,7 @@ impl Appliance {
                 self.outcome = match kind {
                     DriveKind::Unknown => Some(Outcome::Error {
                         udid: None,
-                        screen: ErrorScreen::Other {
-                            code: "not a Cradle drive".into(),
-                        },
+                        screen: ErrorScreen::NotCradleDrive,
                     }),
                     DriveKind::Unreadable => Some(Outcome::Error {
                         udid: None,
@@ -446,7 +462,7 @@ impl Appliance {
 
     fn outcome_udid(&self) -> Option<&str> {
         match &self.outcome {
-            Some(Outcome::Done { udid, .. }) | Some(Outcome::StoredRaw { udid }) => Some(udid),
+            Some(Outcome::Done { udid, .. }) | Some(Outcome::StoredRaw { udid, .. }) => Some(udid),
             Some(Outcome::Error { udid, .. }) => udid.as_deref(),
             None => None,
         }
@@ -483,6 +499,7 @@ impl Appliance {
             received: (0, 0),
             verify_permille: None,
             verified: None,
+            snapshot: None,
         });
         self.outcome = None;
         out.push(Action::Record(RunRecord {
@@ -496,6 +513,7 @@ impl Appliance {
             new_bytes: None,
             duration_secs: None,
             message: None,
+            snapshot: None,
         }));
         out.push(Action::StartJob { job: id, udid });
     }
@@ -553,10 +571,12 @@ impl Appliance {
                 new_bytes,
                 password_known,
                 encrypted,
+                snapshot,
             } => {
                 if job.stage == Stage::Unmounting {
                     return;
                 }
+                job.snapshot = snapshot;
                 job.stage = Stage::Unmounting;
                 job.verify_permille = Some(1000);
                 job.verified = Some((new_bytes, password_known || !encrypted));
@@ -588,6 +608,7 @@ impl Appliance {
         if let Some(p) = self.phones.get_mut(&job.udid) {
             p.last_backup = Some(time);
             p.last_result = Some(result.into());
+            p.last_snapshot = job.snapshot.clone();
         }
         let duration = now.saturating_duration_since(job.started);
         out.push(Action::Record(RunRecord {
@@ -601,6 +622,7 @@ impl Appliance {
             new_bytes: Some(new_bytes),
             duration_secs: Some(duration.as_secs()),
             message: None,
+            snapshot: job.snapshot.clone(),
         }));
     }
 
@@ -616,6 +638,7 @@ impl Appliance {
         } else {
             Outcome::StoredRaw {
                 udid: job.udid.clone(),
+                new_bytes,
             }
         });
     }
@@ -644,6 +667,7 @@ impl Appliance {
             new_bytes: None,
             duration_secs: Some(now.saturating_duration_since(job.started).as_secs()),
             message,
+            snapshot: None,
         }));
     }
 
@@ -692,7 +716,9 @@ impl Appliance {
                 new_bytes: *new_bytes,
                 duration: *duration,
             },
-            Some(Outcome::StoredRaw { .. }) => Screen::Error(ErrorScreen::WrongPassword),
+            Some(Outcome::StoredRaw { new_bytes, .. }) => Screen::StoredRaw {
+                new_bytes: *new_bytes,
+            },
             Some(Outcome::Error { screen, .. }) => Screen::Error(screen.clone()),
             None => match &self.drive {
                 None => Screen::NoDrive,
@@ -758,6 +784,7 @@ impl Appliance {
                 last_result: p.last_result.clone(),
                 attached: p.attached,
                 ignored: !self.allowed(u),
+                last_snapshot: p.last_snapshot.clone(),
             })
             .collect()
     }

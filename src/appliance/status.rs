@@ -53,6 +53,9 @@ pub struct PhoneReport {
     pub last_result: Option<String>,
     pub attached: bool,
     pub ignored: bool,
+    /// The last verified snapshot (hex id), when made while the daemon ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
 }
 
 impl From<PhoneStatus> for PhoneReport {
@@ -64,6 +67,7 @@ impl From<PhoneStatus> for PhoneReport {
             last_result: p.last_result,
             attached: p.attached,
             ignored: p.ignored,
+            last_snapshot: p.last_snapshot,
         }
     }
 }
@@ -102,6 +106,7 @@ pub fn screen_name(s: &Screen) -> &'static str {
         Screen::Saving => "saving",
         Screen::Verifying { .. } => "verifying",
         Screen::Done { .. } => "done",
+        Screen::StoredRaw { .. } => "stored-raw",
         Screen::Error(e) => match e {
             E::DriveFull => "error-drive-full",
             E::DriveRemoved => "error-drive-removed",
@@ -111,6 +116,8 @@ pub fn screen_name(s: &Screen) -> &'static str {
             E::TrustDenied => "error-trust-denied",
             E::DriveUnreadable => "error-drive-unreadable",
             E::NoTpm => "error-no-tpm",
+            E::NotCradleDrive => "error-not-cradle-drive",
+            E::DrivePassword => "error-drive-password",
             _ => "error-other",
         },
     }
@@ -153,13 +160,22 @@ pub fn render_human(r: &StatusReport, now_unix: u64) -> String {
             None => "never backed up".into(),
         };
         s.push_str(&format!(
-            "phone {} ({}): {}{}{}{}\n",
+            "phone {} ({}): {}{}{}{}{}\n",
             p.name.as_deref().unwrap_or("?"),
             p.udid,
             last,
             p.last_result
                 .as_deref()
-                .map(|r| format!(", last result {r}"))
+                .map(|r| match r {
+                    "ok-raw" => ", last result ok-raw (stored raw: the phone's backup password \
+                                 is not the box's, so its files could not be checked)"
+                        .to_string(),
+                    r => format!(", last result {r}"),
+                })
+                .unwrap_or_default(),
+            p.last_snapshot
+                .as_deref()
+                .map(|id| format!(", verified snapshot {}", id.get(..12).unwrap_or(id)))
                 .unwrap_or_default(),
             if p.attached { ", plugged in" } else { "" },
             if p.ignored {
@@ -296,11 +312,15 @@ mod tests {
                 last_result: Some("ok".into()),
                 attached: true,
                 ignored: false,
+                last_snapshot: Some("0123456789abcdef".into()),
             }],
             ..Default::default()
         };
         let text = render_human(&r, 1000 + 3 * 3600);
-        assert!(text.contains("phone Anna (U): last backup 3 h ago, last result ok, plugged in"));
+        assert!(text.contains(
+            "phone Anna (U): last backup 3 h ago, last result ok, verified snapshot \
+             0123456789ab, plugged in"
+        ));
         assert!(text.contains("drive: none"));
     }
 }

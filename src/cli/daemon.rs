@@ -9,7 +9,7 @@ use cradle::appliance::daemon::{DaemonParts, Input};
 use cradle::appliance::status::{render_human, DEFAULT_STATUS_SOCKET};
 use cradle::appliance::{
     plug_simulator, query_status, serve_status, spawn_usb_watcher, BoxedPanel, Daemon, DirDrive,
-    DriveWatch, FolderDestination, LabelDrive, MachineConfig, NullPanel, PanelOpener,
+    DriveWatch, LabelDrive, MachineConfig, NullPanel, PanelOpener, RepoDestination,
     DEFAULT_PASSCODE_TIMEOUT,
 };
 use cradle::backup2::run::RunOptions;
@@ -140,8 +140,8 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         sc.state_dir = d;
     }
     sc.allow_host_key = cfg.allow_host_key.unwrap_or(false);
-    // Without sealed passwords the box still backs phones up (as they send them); it only
-    // cannot turn encryption on or read what it stored.
+    // Without sealed passwords the daemon still runs and says why (status, and the "drive
+    // locked" screen when a phone is plugged in): the drive's repository needs the box's password.
     let (secrets, secrets_mode): (Arc<dyn SecretStore + Send + Sync>, String) =
         match SystemdCredsStore::open(sc) {
             Ok(s) => {
@@ -197,10 +197,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         },
         drive,
         destination: Box::new(|root: &Path| {
-            Arc::new(FolderDestination::new(
-                root.join(cradle::appliance::drive::CRADLE_DIR)
-                    .join("backups"),
-            )) as Arc<dyn cradle::appliance::Destination>
+            Arc::new(RepoDestination::new(root)) as Arc<dyn cradle::appliance::Destination>
         }),
         pair_store: Arc::new(pair_store),
         host,

@@ -10,10 +10,11 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use cradle::appliance::daemon::{DaemonParts, Input};
 use cradle::appliance::drive::{read_run_log, CRADLE_DIR, LABEL_FILE};
+use cradle::appliance::repo_dest::stored_bytes;
 use cradle::appliance::status::screen_name;
 use cradle::appliance::{
-    plug_simulator, BoxedPanel, Daemon, DirDrive, FolderDestination, MachineConfig,
-    MemorySecretStore, NullPanel,
+    plug_simulator, BoxedPanel, Daemon, DirDrive, MachineConfig, MemorySecretStore, NullPanel,
+    RepoDestination,
 };
 use cradle::backup2::run::RunOptions;
 use cradle::display::{
@@ -72,9 +73,10 @@ fn caption(day: u32, s: &Screen) -> String {
         Screen::Passcode { .. } => "The phone asks for its passcode (the simulated owner types it).".into(),
         Screen::EnablingEncryption => format!("Backups were unencrypted: turning encryption on with the box's password \"{DEMO_PASSWORD}\"."),
         Screen::BackingUp(_) => "The phone sends its files.".into(),
-        Screen::Saving => "Everything received; the phone may go. Writing to the drive.".into(),
-        Screen::Verifying { .. } => "Reading the backup back with the password.".into(),
+        Screen::Saving => "Everything received; the phone may go. Deduplicating into a snapshot on the drive.".into(),
+        Screen::Verifying { .. } => "Reading the snapshot back: Manifest.db and a sample of the new chunks.".into(),
         Screen::Done { .. } => "Verified, synced: safe to remove.".into(),
+        Screen::StoredRaw { .. } => "Stored as the phone sent it (its password is not the box's).".into(),
         Screen::Error(e) => format!("Error: {e:?}"),
     };
     format!("Day {day}: {what}")
@@ -146,7 +148,7 @@ fn wait_end(screens: &Receiver<String>) -> anyhow::Result<String> {
                 DAY_TIMEOUT.as_secs()
             )
         })?;
-        if name == "done" || name.starts_with("error") {
+        if name == "done" || name == "stored-raw" || name.starts_with("error") {
             return Ok(name);
         }
     }
@@ -163,28 +165,6 @@ fn wait_for(screens: &Receiver<String>, want: &str) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-}
-
-fn dir_size(p: &Path) -> (u64, u64) {
-    let mut files = 0;
-    let mut bytes = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => {
-                    let (f, b) = dir_size(&e.path());
-                    files += f;
-                    bytes += b;
-                }
-                Ok(t) if t.is_file() => {
-                    files += 1;
-                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                _ => {}
-            }
-        }
-    }
-    (files, bytes)
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -250,9 +230,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         machine: MachineConfig::default(),
         drive: Box::new(DirDrive::new(&drive, Some(DEMO_LABEL.into()))),
         destination: Box::new(|root: &Path| {
-            Arc::new(FolderDestination::new(
-                root.join(CRADLE_DIR).join("backups"),
-            )) as Arc<dyn cradle::appliance::Destination>
+            Arc::new(RepoDestination::new(root)) as Arc<dyn cradle::appliance::Destination>
         }),
         pair_store: Arc::new(DirPairStore::new(state.join("lockdown"))?),
         host: HostIdentity::load_or_create(&state.join("host.plist"), Some("Cradle demo".into()))?,
@@ -308,7 +286,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = screens_tx.send(name.to_string());
     }));
     let tx = daemon.sender();
-    let status = daemon.status();
     let loop_thread = std::thread::Builder::new()
         .name("daemon".into())
         .spawn(move || daemon.run())?;
@@ -339,7 +316,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         wait_for(&screens, "ready")?;
     }
-    let report = status.lock().map(|r| r.clone()).unwrap_or_default();
     let _ = tx.send(Input::Stop);
     let _ = loop_thread.join();
 
@@ -360,40 +336,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             r.result.as_deref().unwrap_or("?")
         );
     }
-    let backups = drive.join(CRADLE_DIR).join("backups");
-    let udid = report
-        .phones
-        .first()
-        .map(|p| p.udid.clone())
-        .unwrap_or_default();
-    let (files, bytes) = dir_size(&backups.join(&udid));
-    println!(
-        "  on the drive: {} ({} files, {:.1} MB), a standard encrypted backup folder",
-        backups.join(&udid).display(),
-        files,
-        bytes as f64 / 1e6
-    );
+    let repo_dir = drive.join(CRADLE_DIR);
+    let summary = match summarize(&repo_dir, &ends) {
+        Ok(text) => text,
+        Err(e) => format!("  reading the repository back failed: {e:#}\n"),
+    };
+    print!("{summary}");
     println!("  took {:.1} s in all", started.elapsed().as_secs_f64());
     println!();
     let ok = results.len() == 2 && results.iter().all(|(_, e, _)| e == "done");
+    let repo_arg = repo_dir.display();
     if args.keep.is_some() {
         println!("Look further (password: {DEMO_PASSWORD}):");
         println!("  echo {DEMO_PASSWORD} > pw.txt");
+        println!("  cargo run --release -- snapshots --repo {repo_arg} --password-file pw.txt");
+        println!("  cargo run --release -- ls --repo {repo_arg} --password-file pw.txt latest");
         println!(
-            "  cargo run --release -- backup-folder info {} --password-file pw.txt",
-            backups.join(&udid).display()
+            "  cargo run --release -- export --repo {repo_arg} --password-file pw.txt latest \
+             --out exported"
         );
-        println!(
-            "  cargo run --release -- backup-folder ls {} --password-file pw.txt",
-            backups.join(&udid).display()
-        );
-        println!(
-            "  cat {}",
-            drive.join(CRADLE_DIR).join("runs.jsonl").display()
-        );
+        println!("  cat {}", repo_dir.join("runs.jsonl").display());
     } else {
         println!(
-            "The drive was a temporary folder and is gone; keep it with --keep DIR to look inside."
+            "The drive was a temporary folder and is gone; keep it with --keep DIR, then look \
+             further with `cradle snapshots/ls/export --repo DIR/drive/{CRADLE_DIR}`."
         );
     }
     println!(
@@ -409,4 +375,58 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What the repository holds after the demo: the snapshot list (as `cradle snapshots` prints
+/// it), the bytes each backup added to the drive and how much deduplication saved.
+fn summarize(repo_dir: &Path, ends: &[&cradle::appliance::RunRecord]) -> anyhow::Result<String> {
+    let storage = cradle::store::storage::LocalStorage::new(repo_dir)?;
+    let repo =
+        cradle::store::repo::Repository::open(Arc::new(storage), &Password::new(DEMO_PASSWORD))?;
+    let listing = repo.snapshot_listing()?;
+    let mut out = format!(
+        "  snapshots in {} (as `cradle snapshots` lists them):\n",
+        repo_dir.display()
+    );
+    let mut logical_total = 0;
+    for (i, (id, s)) in listing.snapshots.iter().enumerate() {
+        let hex = id.to_hex();
+        out.push_str(&format!(
+            "    {}  {}  {}  {} ({})  {}  {} files  {:.1} MB\n",
+            &hex[..12],
+            super::repo::date(s.phone_date),
+            s.device.udid,
+            s.device.device_name,
+            s.device.product_type,
+            match s.kind {
+                cradle::store::snapshot::SnapshotKind::Digested => "digested",
+                cradle::store::snapshot::SnapshotKind::Raw => "raw",
+            },
+            s.counts.files,
+            s.content_bytes as f64 / 1e6
+        ));
+        logical_total += s.content_bytes;
+        let new = ends
+            .iter()
+            .find(|r| r.snapshot.as_deref() == Some(hex.as_str()))
+            .and_then(|r| r.new_bytes);
+        if let Some(new) = new {
+            out.push_str(&format!(
+                "      day {}: {:.2} MB of files, {:.2} MB new on the drive ({:.1}% of the files' size)\n",
+                i + 1,
+                s.content_bytes as f64 / 1e6,
+                new as f64 / 1e6,
+                100.0 * new as f64 / (s.content_bytes.max(1)) as f64
+            ));
+        }
+    }
+    let on_drive = stored_bytes(repo_dir);
+    out.push_str(&format!(
+        "  dedup: {} snapshots hold {:.2} MB of files in {:.2} MB on the drive (ratio {:.2}x)\n",
+        listing.snapshots.len(),
+        logical_total as f64 / 1e6,
+        on_drive as f64 / 1e6,
+        logical_total as f64 / (on_drive.max(1)) as f64
+    ));
+    Ok(out)
 }

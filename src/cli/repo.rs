@@ -136,7 +136,8 @@ pub fn resolve(repo: &Repository, snap: &str) -> anyhow::Result<(SnapshotId, Sna
     }
 }
 
-fn date(ms: i64) -> String {
+/// `YYYY-MM-DD HH:MM` (UTC) of unix milliseconds.
+pub fn date(ms: i64) -> String {
     let d = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     let secs = d
         .duration_since(std::time::UNIX_EPOCH)

@@ -97,6 +97,14 @@ where
             p.row(3, "Safe to remove drive")?;
             p.row(4, "and phone.")?;
         }
+        Screen::StoredRaw { new_bytes } => {
+            p.title("Stored raw")?;
+            p.row(0, &format!("New data: {}", size(*new_bytes)))?;
+            p.row(1, "iPhone uses another")?;
+            p.row(2, "backup password: kept")?;
+            p.row(3, "as sent. Safe to")?;
+            p.row(4, "remove drive & phone.")?;
+        }
         Screen::Error(e) => error(&mut p, e)?,
     }
     Ok(())
@@ -233,6 +241,24 @@ fn error<D: DrawTarget<Color = BinaryColor>>(
                 "missing: the password",
                 "can't be sealed.",
                 "Check the TPM board.",
+            ],
+        ),
+        ErrorScreen::NotCradleDrive => (
+            "Not a Cradle drive",
+            &[
+                "This drive has other",
+                "files: left as it is.",
+                "Use an empty drive",
+                "labelled CRADLE.",
+            ],
+        ),
+        ErrorScreen::DrivePassword => (
+            "Drive locked",
+            &[
+                "The box's password",
+                "does not open the",
+                "backups on this",
+                "drive. See status.",
             ],
         ),
         ErrorScreen::Other { code } => {

@@ -53,6 +53,12 @@ pub enum Screen {
         /// How long the backup took, plug-in to verified.
         duration: Duration,
     },
+    /// Stored, but the phone's backup password is not the box's: kept exactly as the phone sent
+    /// it ("raw"); the box cannot read its files back, only check that every byte is there.
+    StoredRaw {
+        /// New data written to the drive, in bytes.
+        new_bytes: u64,
+    },
     /// Something went wrong: what happened and what to do.
     Error(ErrorScreen),
 }
@@ -102,6 +108,12 @@ pub enum ErrorScreen {
     DriveUnreadable,
     /// No TPM was found, so the backup password cannot be sealed.
     NoTpm,
+    /// The drive holds other files and neither a Cradle repository nor the Cradle label: it is
+    /// never written.
+    NotCradleDrive,
+    /// The drive's Cradle repository does not open with the box's password (or the box has
+    /// none): another box's drive, or the password was changed elsewhere.
+    DrivePassword,
     /// Anything else, with a short code to look up in the docs or logs.
     Other {
         /// Short code, e.g. "E-USB-3" (cut to fit).
@@ -240,6 +252,12 @@ pub fn samples() -> Vec<(&'static str, Screen)> {
                 duration: Duration::from_secs(12 * 60 + 31),
             },
         ),
+        (
+            "stored-raw",
+            Screen::StoredRaw {
+                new_bytes: 987 * MB,
+            },
+        ),
         ("error-drive-full", Screen::Error(ErrorScreen::DriveFull)),
         (
             "error-drive-removed",
@@ -267,6 +285,14 @@ pub fn samples() -> Vec<(&'static str, Screen)> {
         ),
         ("error-no-tpm", Screen::Error(ErrorScreen::NoTpm)),
         (
+            "error-not-cradle-drive",
+            Screen::Error(ErrorScreen::NotCradleDrive),
+        ),
+        (
+            "error-drive-password",
+            Screen::Error(ErrorScreen::DrivePassword),
+        ),
+        (
             "error-other",
             Screen::Error(ErrorScreen::Other {
                 code: "E-USB-3".into(),
@@ -286,14 +312,14 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), s.len());
-        // 12 screen kinds + 9 error causes must all appear.
+        // 13 screen kinds + 11 error causes must all appear.
         let mut kinds: Vec<&Screen> = Vec::new();
         for (_, screen) in &s {
             if !kinds.iter().any(|k| k.same_kind(screen)) {
                 kinds.push(screen);
             }
         }
-        assert_eq!(kinds.len(), 11 + 9);
+        assert_eq!(kinds.len(), 12 + 11);
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn verified(known: bool) -> JobEvent {
         new_bytes: 1234,
         password_known: known,
         encrypted: true,
+        snapshot: Some("ab".repeat(32)),
     }
 }
 
@@ -111,6 +112,7 @@ fn kind(s: &Screen) -> String {
         Screen::Saving => "saving".into(),
         Screen::Verifying { .. } => "verifying".into(),
         Screen::Done { .. } => "done".into(),
+        Screen::StoredRaw { .. } => "stored-raw".into(),
         Screen::Error(e) => format!("error:{e:?}"),
     }
 }
@@ -282,7 +284,7 @@ fn unknown_password_is_stored_raw_and_says_so() {
         ["log-end:ok-raw", "release1"]
     );
     assert!(r.ev(6, job(1, JobEvent::Unmounted)).is_empty());
-    assert_eq!(kind(&r.screen(6)), "error:WrongPassword");
+    assert_eq!(kind(&r.screen(6)), "stored-raw");
     assert_eq!(r.m.state_name(), "done-raw");
     assert_eq!(r.m.phones()[0].last_result.as_deref(), Some("ok-raw"));
     // An unencrypted backup (no box password) is not "unknown password".
@@ -298,6 +300,7 @@ fn unknown_password_is_stored_raw_and_says_so() {
                 new_bytes: 1,
                 password_known: false,
                 encrypted: false,
+                snapshot: None,
             },
         ),
     );
@@ -457,10 +460,7 @@ fn drive_removed_while_idle_or_after_verify() {
 #[test]
 fn unknown_or_unreadable_drive_is_never_used() {
     for (k, want) in [
-        (
-            DriveKind::Unknown,
-            "error:Other { code: \"not a Cradle drive\" }",
-        ),
+        (DriveKind::Unknown, "error:NotCradleDrive"),
         (DriveKind::Unreadable, "error:DriveUnreadable"),
     ] {
         let mut r = Rig::new(None);
