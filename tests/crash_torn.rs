@@ -190,13 +190,13 @@ fn cuts_into_day(day: u32) {
     let mut cuts = 0;
     for _ in 0..CUTS {
         let s = base.fork();
-        let by_fsync = rng.next() % 2 == 0;
+        let by_fsync = rng.next().is_multiple_of(2);
         let at = if by_fsync {
             rng.range(1, fsyncs)
         } else {
             rng.range(1, writes)
         };
-        let torn = if rng.next() % 2 == 0 {
+        let torn = if rng.next().is_multiple_of(2) {
             0
         } else {
             rng.range(1, 64 * 1024) as usize

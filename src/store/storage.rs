@@ -144,6 +144,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The repository root on the local file system, where a local index may live; `None` for
     /// storage that is not a local folder.
     fn local_root(&self) -> Option<&Path>;
+    /// Bytes that can still be written, as far as the storage knows (`None`: no known limit).
+    /// By default the free space of the file system under `local_root`.
+    fn free_bytes(&self) -> StorageResult<Option<u64>> {
+        let Some(root) = self.local_root() else {
+            return Ok(None);
+        };
+        let v = rustix::fs::statvfs(root)
+            .map_err(|e| StorageError::from_io(&root.display().to_string(), e.into()))?;
+        Ok(Some(v.f_bavail.saturating_mul(v.f_frsize)))
+    }
 }
 
 /// Checks a repository-relative name: non-empty `/`-separated components, none empty, `.` or
@@ -650,9 +660,15 @@ impl CrashStorage {
         }
     }
 
-    /// After `n` more bytes written, every write fails with `NoSpace`.
+    /// After `n` more bytes written, every write fails with `NoSpace` (and `free_bytes` says
+    /// what is left).
     pub fn fail_after_bytes(&self, n: u64) {
         self.lock().space_left = Some(n);
+    }
+
+    /// Space freed: writes no longer fail for lack of room.
+    pub fn unlimited_space(&self) {
+        self.lock().space_left = None;
     }
 
     /// Every operation fails from now on, as when the drive is unplugged.
@@ -1033,6 +1049,12 @@ impl Storage for CrashStorage {
 
     fn local_root(&self) -> Option<&Path> {
         None
+    }
+
+    fn free_bytes(&self) -> StorageResult<Option<u64>> {
+        let s = self.lock();
+        s.check("")?;
+        Ok(s.space_left)
     }
 }
 
