@@ -21,6 +21,7 @@ use cradle::password::Password;
 use cradle::sim::device::TrustPolicy;
 use cradle::sim::phone::Profile;
 use cradle::sim::simulator::{EncryptionChoice, Simulator, SimulatorOptions};
+use cradle::sim::InMemoryPhone;
 use cradle::store::repo::{InitOptions, Repository};
 use cradle::store::storage::LocalStorage;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,24 @@ impl Rig {
         self.status.lock().unwrap().clone()
     }
 
+    /// Plugs `phone` in (the handle unplugs it when told, or when dropped with the test).
+    fn plug(&self, phone: &Arc<Simulator>) -> Arc<InMemoryPhone> {
+        plug_simulator(&self.tx, phone.clone()).unwrap()
+    }
+
+    /// Plugs `phone` in and checks that its backup ends on the screen `want`.
+    fn back_up(&mut self, phone: &Arc<Simulator>, want: &str) -> Arc<InMemoryPhone> {
+        let handle = self.plug(phone);
+        assert_eq!(self.wait_end(), want, "{:?}", self.seen);
+        handle
+    }
+
+    /// Unplugs the phone and waits for the overview.
+    fn unplug(&mut self, handle: Arc<InMemoryPhone>) {
+        handle.cable().unplug();
+        self.wait("ready");
+    }
+
     fn repo_dir(&self) -> PathBuf {
         self.drive.join(CRADLE_DIR)
     }
@@ -259,13 +278,15 @@ impl Rig {
         count_files(&out)
     }
 
-    /// Takes the drive away, runs `f` with the rig and the pulled drive's folder, puts it back.
+    /// Takes the drive away, runs `f` with the rig and the pulled drive's folder, puts it back
+    /// and waits for the overview.
     fn pull_drive(&mut self, f: impl FnOnce(&Rig, &Path)) {
         let aside = self.drive.with_extension("pulled");
         std::fs::rename(&self.drive, &aside).unwrap();
         self.wait("no-drive");
         f(self, &aside);
         std::fs::rename(&aside, &self.drive).unwrap();
+        self.wait("ready");
     }
 }
 
@@ -291,6 +312,15 @@ impl Drop for Rig {
         }
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// A phone whose backups are already encrypted with the box's password and that trusts at once.
+fn box_phone(seed: u64) -> Arc<Simulator> {
+    sim(
+        seed,
+        EncryptionChoice::On(Password::new(PASSWORD)),
+        TrustPolicy::Auto,
+    )
 }
 
 fn sim(seed: u64, enc: EncryptionChoice, trust: TrustPolicy) -> Arc<Simulator> {
@@ -337,7 +367,7 @@ fn compare_golden(name: &str, actual: &Frame) -> Option<String> {
 fn first_backup_turns_encryption_on_and_the_screens_match_their_goldens() {
     let mut rig = Rig::new(true);
     let phone_sim = sim(11, EncryptionChoice::Off, TrustPolicy::AfterPolls(2));
-    let phone = plug_simulator(&rig.tx, phone_sim.clone()).unwrap();
+    let phone = rig.plug(&phone_sim);
     let end = rig.wait_end();
     assert_eq!(end, "done", "seen: {:?}", rig.seen);
     let want = [
@@ -409,12 +439,8 @@ fn first_backup_turns_encryption_on_and_the_screens_match_their_goldens() {
 #[test]
 fn phone_unplugged_mid_backup_then_the_next_plug_in_succeeds() {
     let mut rig = Rig::new(true);
-    let s = sim(
-        12,
-        EncryptionChoice::On(Password::new(PASSWORD)),
-        TrustPolicy::Auto,
-    );
-    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
+    let s = box_phone(12);
+    let phone = rig.plug(&s);
     // Cut the cable about halfway through the tiny phone's ~3.5 MB.
     phone.cable().disconnect_after(1_500_000);
     assert_eq!(rig.wait_end(), "error-phone-unplugged", "{:?}", rig.seen);
@@ -425,43 +451,31 @@ fn phone_unplugged_mid_backup_then_the_next_plug_in_succeeds() {
     // Nothing half-done stays: no snapshot, no staging session.
     assert!(rig.snapshots().is_empty());
     assert_eq!(count_files(&rig.repo_dir().join("staging")), 0);
-    let _phone = plug_simulator(&rig.tx, s).unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let _phone = rig.back_up(&s, "done");
     assert_eq!(rig.snapshots().len(), 1);
 }
 
 #[test]
 fn drive_full_keeps_the_previous_snapshot_and_the_next_plug_in_succeeds() {
     let mut rig = Rig::new(true);
-    let s = sim(
-        20,
-        EncryptionChoice::On(Password::new(PASSWORD)),
-        TrustPolicy::Auto,
-    );
-    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
-    phone.cable().unplug();
-    rig.wait("ready");
+    let s = box_phone(20);
+    let phone = rig.back_up(&s, "done");
+    rig.unplug(phone);
     let first = rig.snapshots();
     assert_eq!(first.len(), 1);
     // The same drive comes back with almost no room for this repository.
     rig.pull_drive(|r, _| *r.limit.lock().unwrap() = Some(20_000));
-    rig.wait("ready");
-    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
-    assert_eq!(rig.wait_end(), "error-drive-full", "{:?}", rig.seen);
+    let phone = rig.back_up(&s, "error-drive-full");
     let st = rig.status();
     assert_eq!(st.phones[0].last_result.as_deref(), Some("drive-full"));
     assert!(st.drive.unwrap().safe_to_remove);
     // What was committed before is intact and still exports.
     assert_eq!(rig.snapshots(), first);
     assert!(rig.export(&first[0]) > 10);
-    phone.cable().unplug();
-    rig.wait("ready");
+    rig.unplug(phone);
     // Room again: the next plug-in succeeds.
     rig.pull_drive(|r, _| *r.limit.lock().unwrap() = None);
-    rig.wait("ready");
-    let _phone = plug_simulator(&rig.tx, s).unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let _phone = rig.back_up(&s, "done");
     assert_eq!(rig.snapshots().len(), 2);
 }
 
@@ -477,13 +491,8 @@ fn a_repository_with_another_password_is_left_alone_and_the_screen_says_so() {
         Repository::init(Arc::new(storage), &other, &InitOptions::for_tests()).unwrap();
     });
     rig.wait("ready");
-    let s = sim(
-        21,
-        EncryptionChoice::On(Password::new(PASSWORD)),
-        TrustPolicy::Auto,
-    );
-    let phone = plug_simulator(&rig.tx, s.clone()).unwrap();
-    assert_eq!(rig.wait_end(), "error-drive-password", "{:?}", rig.seen);
+    let s = box_phone(21);
+    let phone = rig.back_up(&s, "error-drive-password");
     assert_eq!(
         rig.status().phones[0].last_result.as_deref(),
         Some("drive-password")
@@ -493,13 +502,10 @@ fn a_repository_with_another_password_is_left_alone_and_the_screen_says_so() {
     assert!(repo.snapshot_listing().unwrap().snapshots.is_empty());
     assert_eq!(count_files(&rig.repo_dir().join("staging")), 0);
     drop(repo);
-    phone.cable().unplug();
-    rig.wait("ready");
+    rig.unplug(phone);
     // The daemon carries on: with the owner's own (emptied) drive the phone is backed up.
     rig.pull_drive(|_, drive| std::fs::remove_dir_all(drive.join(CRADLE_DIR)).unwrap());
-    rig.wait("ready");
-    let _phone = plug_simulator(&rig.tx, s).unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let _phone = rig.back_up(&s, "done");
     assert_eq!(rig.snapshots().len(), 1);
 }
 
@@ -512,7 +518,7 @@ fn drive_removed_mid_backup_then_back_and_the_backup_completes() {
     // The phone waits for its passcode before sending: time to pull the drive.
     o.passcode_delay = Duration::from_secs(3);
     let s = Simulator::new(o).unwrap();
-    let _phone = plug_simulator(&rig.tx, s).unwrap();
+    let _phone = rig.plug(&s);
     rig.wait("passcode");
     let aside = rig.drive.with_extension("pulled");
     std::fs::rename(&rig.drive, &aside).unwrap();
@@ -527,36 +533,25 @@ fn drive_removed_mid_backup_then_back_and_the_backup_completes() {
 #[test]
 fn trust_denied_then_another_phone_is_backed_up() {
     let mut rig = Rig::new(true);
-    let denied =
-        plug_simulator(&rig.tx, sim(14, EncryptionChoice::Off, TrustPolicy::Deny)).unwrap();
-    assert_eq!(rig.wait_end(), "error-trust-denied", "{:?}", rig.seen);
-    denied.cable().unplug();
-    rig.wait("ready");
-    let _ok = plug_simulator(
-        &rig.tx,
-        sim(
-            15,
-            EncryptionChoice::On(Password::new(PASSWORD)),
-            TrustPolicy::Auto,
-        ),
-    )
-    .unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let denied = rig.back_up(
+        &sim(14, EncryptionChoice::Off, TrustPolicy::Deny),
+        "error-trust-denied",
+    );
+    rig.unplug(denied);
+    let _ok = rig.back_up(&box_phone(15), "done");
 }
 
 #[test]
 fn unknown_password_is_backed_up_raw_and_the_screen_says_so() {
     let mut rig = Rig::new(true);
-    let _p = plug_simulator(
-        &rig.tx,
-        sim(
+    let _p = rig.back_up(
+        &sim(
             16,
             EncryptionChoice::On(Password::new("not-the-box-password")),
             TrustPolicy::Auto,
         ),
-    )
-    .unwrap();
-    assert_eq!(rig.wait_end(), "stored-raw", "{:?}", rig.seen);
+        "stored-raw",
+    );
     let st = rig.status();
     assert_eq!(st.state, "done-raw");
     assert_eq!(st.phones[0].last_result.as_deref(), Some("ok-raw"));
@@ -572,16 +567,7 @@ fn unknown_password_is_backed_up_raw_and_the_screen_says_so() {
 #[test]
 fn no_oled_does_not_stop_backups() {
     let mut rig = Rig::new(false);
-    let _p = plug_simulator(
-        &rig.tx,
-        sim(
-            17,
-            EncryptionChoice::On(Password::new(PASSWORD)),
-            TrustPolicy::Auto,
-        ),
-    )
-    .unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let _p = rig.back_up(&box_phone(17), "done");
     assert!(
         rig.status().display.contains("down"),
         "{}",
@@ -601,15 +587,7 @@ fn unknown_drive_is_left_untouched() {
     rig.wait("no-drive");
     std::fs::rename(&aside, &rig.drive).unwrap();
     rig.wait("error-not-cradle-drive");
-    let _p = plug_simulator(
-        &rig.tx,
-        sim(
-            18,
-            EncryptionChoice::On(Password::new(PASSWORD)),
-            TrustPolicy::Auto,
-        ),
-    )
-    .unwrap();
+    let _p = rig.plug(&box_phone(18));
     // Give the loop a few turns: no job may start.
     for _ in 0..20 {
         if rig.status().phones.iter().any(|p| p.attached) {
@@ -625,8 +603,7 @@ fn unknown_drive_is_left_untouched() {
 #[test]
 fn the_password_is_in_no_log_status_or_run_log() {
     let mut rig = Rig::new(true);
-    let _p = plug_simulator(&rig.tx, sim(19, EncryptionChoice::Off, TrustPolicy::Auto)).unwrap();
-    assert_eq!(rig.wait_end(), "done", "{:?}", rig.seen);
+    let _p = rig.back_up(&sim(19, EncryptionChoice::Off, TrustPolicy::Auto), "done");
     let from_socket = query_status(&rig.socket).unwrap();
     let json = serde_json::to_string(&from_socket).unwrap();
     let human = render_human(&from_socket, 0);

@@ -1,6 +1,9 @@
 //! The mobilebackup2 host against a scripted phone in memory (a `UnixStream` pair): the phone
 //! side is written with the same codec the simulated backup agent uses.
 
+mod common;
+
+use common::mb2::ScriptedPhone;
 use cradle::backup2::dl::EMPTY_PARAMETER;
 use cradle::backup2::file_stream::{self, CODE_FILE_DATA};
 use cradle::backup2::host::{HostError, ProtocolError};
@@ -23,45 +26,9 @@ const U: &str = "00008030-001A2B3C4D5E6F70";
 type Downloaded = Vec<(String, Result<Vec<u8>, String>)>;
 
 /// The scripted phone's end of the connection.
-struct Phone {
-    s: UnixStream,
-}
+type Phone = ScriptedPhone<UnixStream>;
 
 impl Phone {
-    fn send(&mut self, m: DeviceMessage) {
-        m.write_to(&mut self.s).expect("phone send");
-    }
-
-    fn recv(&mut self) -> HostMessage {
-        HostMessage::read_from(&mut self.s).expect("phone receive")
-    }
-
-    fn status(&mut self) -> StatusResponse {
-        match self.recv() {
-            HostMessage::StatusResponse(s) => s,
-            other => panic!("expected a status response, got {other:?}"),
-        }
-    }
-
-    fn handshake(&mut self) {
-        self.send(DeviceMessage::VersionExchange {
-            major: 300,
-            minor: 0,
-        });
-        assert_eq!(self.recv(), HostMessage::VersionsOk { major: 400 });
-        self.send(DeviceMessage::DeviceReady);
-        match self.recv() {
-            HostMessage::ProcessMessage(HostRequest::Hello { versions }) => {
-                assert_eq!(versions, vec![2.0, 2.1])
-            }
-            other => panic!("expected Hello, got {other:?}"),
-        }
-        let mut r = DeviceResponse::new(0);
-        // As libplist sends it: a 4-byte real.
-        r.protocol_version = Some(f64::from(2.1f32));
-        self.send(DeviceMessage::ProcessMessage(r.to_dict()));
-    }
-
     fn request(&mut self) -> HostRequest {
         match self.recv() {
             HostMessage::ProcessMessage(r) => r,
@@ -162,12 +129,24 @@ impl Phone {
         self.send(DeviceMessage::ProcessMessage(r.to_dict()));
     }
 
-    /// Waits for the host's DLMessageDisconnect (or EOF).
-    fn expect_disconnect(&mut self) {
-        match HostMessage::read_from(&mut self.s) {
-            Ok(HostMessage::Disconnect) | Err(_) => {}
-            Ok(other) => panic!("expected Disconnect, got {other:?}"),
-        }
+    /// UploadFiles announcing `total` bytes, then the stream's first file header.
+    fn begin_upload(
+        &mut self,
+        total: u64,
+        device_path: &str,
+        path: String,
+    ) -> FileStreamWriter<&mut UnixStream> {
+        self.send(DeviceMessage::UploadFiles {
+            progress: Some(1.0),
+            total_bytes: Some(total),
+        });
+        let mut w = FileStreamWriter::new(&mut self.s, StreamKind::Upload);
+        w.begin_file(&FileHeader {
+            device_path: Some(device_path.into()),
+            path,
+        })
+        .unwrap();
+        w
     }
 }
 
@@ -186,12 +165,21 @@ fn connect<T: Send + 'static>(
 ) -> (Mb2Session, JoinHandle<T>) {
     let (host, dev) = UnixStream::pair().unwrap();
     let phone = thread::spawn(move || {
-        let mut p = Phone { s: dev };
-        p.handshake();
+        let mut p = Phone::new(dev);
+        // As libplist sends it: a 4-byte real.
+        assert_eq!(p.handshake(f64::from(2.1f32)), vec![2.0, 2.1]);
         script(p)
     });
     let session = Mb2Session::handshake(Box::new(host), cfg).expect("handshake");
     (session, phone)
+}
+
+/// A backup of `U` with the default options, its events unwatched.
+fn backup(
+    session: &mut Mb2Session,
+    target: &mut FolderTarget,
+) -> Result<TransferSummary, HostError> {
+    session.backup(target, U, &BackupOptions::default(), &mut |_| {})
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -421,9 +409,7 @@ fn incremental_downloads_and_listing() {
         p.finish(0, None);
         p.expect_disconnect();
     });
-    let summary = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap();
+    let summary = backup(&mut session, &mut target).unwrap();
     session.disconnect().unwrap();
     phone.join().unwrap();
     assert_eq!(summary.files_sent, 4);
@@ -476,9 +462,7 @@ fn free_space_purge_copy_and_unknown_messages_are_answered() {
         p.finish(0, None);
         p.expect_disconnect();
     });
-    session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap();
+    backup(&mut session, &mut target).unwrap();
     session.disconnect().unwrap();
     phone.join().unwrap();
     assert_eq!(all_files(dir.path()), [format!("{U}/c")]);
@@ -555,16 +539,7 @@ fn stream_stopping_mid_file_leaves_no_partial_file() {
     let mut target = FolderTarget::open(dir.path()).unwrap();
     let (mut session, phone) = connect(config(), move |mut p| {
         p.expect_backup(false);
-        p.send(DeviceMessage::UploadFiles {
-            progress: Some(1.0),
-            total_bytes: Some(100),
-        });
-        let mut w = FileStreamWriter::new(&mut p.s, StreamKind::Upload);
-        w.begin_file(&FileHeader {
-            device_path: Some("/d/new".into()),
-            path: format!("{U}/new"),
-        })
-        .unwrap();
+        let mut w = p.begin_upload(100, "/d/new", format!("{U}/new"));
         w.write_data(&[7u8; 10]).unwrap();
         w.finish_file().unwrap();
         w.begin_file(&FileHeader {
@@ -580,9 +555,7 @@ fn stream_stopping_mid_file_leaves_no_partial_file() {
         p.s.write_all(&b).unwrap();
         drop(p);
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(matches!(err, HostError::PhoneDisconnected), "{err:?}");
     assert!(err.is_disconnect());
@@ -596,7 +569,7 @@ fn stream_stopping_mid_file_leaves_no_partial_file() {
         b"previous"
     );
     assert!(matches!(
-        session.backup(&mut target, U, &BackupOptions::default(), &mut |_| {}),
+        backup(&mut session, &mut target),
         Err(HostError::Closed)
     ));
 }
@@ -608,16 +581,7 @@ fn file_failed_on_phone_is_not_kept() {
     let mut target = FolderTarget::open(dir.path()).unwrap();
     let (mut session, phone) = connect(config(), move |mut p| {
         p.expect_backup(false);
-        p.send(DeviceMessage::UploadFiles {
-            progress: Some(1.0),
-            total_bytes: Some(3),
-        });
-        let mut w = FileStreamWriter::new(&mut p.s, StreamKind::Upload);
-        w.begin_file(&FileHeader {
-            device_path: Some("/d/x".into()),
-            path: format!("{U}/backup_manifest.db"),
-        })
-        .unwrap();
+        let mut w = p.begin_upload(3, "/d/x", format!("{U}/backup_manifest.db"));
         w.write_data(b"abc").unwrap();
         w.fail_file("Operation not permitted").unwrap();
         w.finish().unwrap();
@@ -660,9 +624,7 @@ fn four_gib_block_is_a_typed_error() {
         p.s.write_all(&b).unwrap();
         p.expect_disconnect();
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(
         matches!(
@@ -688,9 +650,7 @@ fn error_code_105_is_typed_with_its_meaning() {
         );
         p.expect_disconnect();
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     let HostError::Device(f) = &err else {
         panic!("{err:?}")
     };
@@ -704,22 +664,9 @@ fn error_code_105_is_typed_with_its_meaning() {
 
 #[test]
 fn phone_eof_mid_backup_leaves_previous_backup_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join(U);
-    fs::create_dir_all(root.join("ab")).unwrap();
-    for (f, d) in [
-        ("Manifest.db", &b"old db"[..]),
-        ("Manifest.plist", b"old manifest"),
-        ("ab/ab01", b"old file"),
-    ] {
-        fs::write(root.join(f), d).unwrap();
-    }
-    fs::write(root.join("Status.plist"), status_plist()).unwrap();
-    let before: Vec<_> = all_files(dir.path())
-        .into_iter()
-        .map(|f| (f.clone(), fs::read(dir.path().join(&f)).unwrap()))
-        .collect();
-    let mut target = FolderTarget::open(dir.path()).unwrap();
+    let outer = tempfile::tempdir().unwrap();
+    let (root, before) = previous_backup(outer.path());
+    let mut target = FolderTarget::open(&root).unwrap();
     let (mut session, phone) = connect(config(), move |mut p| {
         p.expect_backup(false);
         assert!(p.mkdir(&format!("{U}/Snapshot/ab")).is_ok());
@@ -728,13 +675,11 @@ fn phone_eof_mid_backup_leaves_previous_backup_untouched() {
         // Unplugged before any move.
         drop(p);
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(matches!(err, HostError::PhoneDisconnected), "{err:?}");
     for (f, d) in before {
-        assert_eq!(fs::read(dir.path().join(&f)).unwrap(), d, "{f}");
+        assert_eq!(fs::read(outer.path().join(&f)).unwrap(), d, "{f}");
     }
 }
 
@@ -747,9 +692,7 @@ fn device_disconnect_message_fails_the_operation() {
         p.send(DeviceMessage::Disconnect);
         p.expect_disconnect();
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(matches!(err, HostError::DeviceDisconnected), "{err:?}");
 }
@@ -769,9 +712,7 @@ fn cancel_sends_disconnect() {
         cancel.store(true, Ordering::SeqCst);
         assert_eq!(p.recv(), HostMessage::Disconnect);
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(matches!(err, HostError::Cancelled), "{err:?}");
 }
@@ -789,9 +730,7 @@ fn silent_phone_times_out() {
         p.expect_backup(false);
         p.expect_disconnect();
     });
-    let err = session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap_err();
+    let err = backup(&mut session, &mut target).unwrap_err();
     phone.join().unwrap();
     assert!(matches!(err, HostError::Timeout(_)), "{err:?}");
 }
@@ -867,9 +806,7 @@ fn xml_from_the_phone_is_accepted() {
         p.finish(0, None);
         p.expect_disconnect();
     });
-    session
-        .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-        .unwrap();
+    backup(&mut session, &mut target).unwrap();
     session.disconnect().unwrap();
     phone.join().unwrap();
     assert!(dir.path().join(U).is_dir());
@@ -983,9 +920,7 @@ fn hostile_frames_are_typed_errors_and_leave_the_previous_backup() {
             script(&mut p);
             p.expect_disconnect();
         });
-        let err = session
-            .backup(&mut target, U, &BackupOptions::default(), &mut |_| {})
-            .unwrap_err();
+        let err = backup(&mut session, &mut target).unwrap_err();
         phone.join().unwrap();
         match what {
             "an upload stream cut mid-file" => {

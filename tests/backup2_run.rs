@@ -2,6 +2,9 @@
 //! springboard, mobilebackup2) against the simulated device in memory, with a scripted
 //! mobilebackup2 agent written with the DeviceLink codec.
 
+mod common;
+
+use common::mb2::ScriptedPhone;
 use cradle::backup2::messages::DeviceResponse;
 use cradle::backup2::run::{run_backup, RunError, RunOptions, VerifyError};
 use cradle::backup2::*;
@@ -19,32 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The device end of the mobilebackup2 connection.
-struct Agent {
-    s: BoxStream,
-}
+type Agent = ScriptedPhone<BoxStream>;
 
 impl Agent {
-    fn send(&mut self, m: DeviceMessage) {
-        m.write_to(&mut self.s).expect("agent send");
-    }
-    fn recv(&mut self) -> HostMessage {
-        HostMessage::read_from(&mut self.s).expect("agent receive")
-    }
-    fn handshake(&mut self) {
-        self.send(DeviceMessage::VersionExchange {
-            major: 300,
-            minor: 0,
-        });
-        assert_eq!(self.recv(), HostMessage::VersionsOk { major: 400 });
-        self.send(DeviceMessage::DeviceReady);
-        assert!(matches!(
-            self.recv(),
-            HostMessage::ProcessMessage(HostRequest::Hello { .. })
-        ));
-        let mut r = DeviceResponse::new(0);
-        r.protocol_version = Some(2.1);
-        self.send(DeviceMessage::ProcessMessage(r.to_dict()));
-    }
     fn expect_backup(&mut self) {
         assert!(matches!(
             self.recv(),
@@ -79,12 +59,6 @@ impl Agent {
             DeviceResponse::new(code).to_dict(),
         ));
     }
-    fn expect_disconnect(&mut self) {
-        match HostMessage::read_from(&mut self.s) {
-            Ok(HostMessage::Disconnect) | Err(_) => {}
-            Ok(other) => panic!("expected Disconnect, got {other:?}"),
-        }
-    }
 }
 
 type Script = Box<dyn FnOnce(Agent) + Send>;
@@ -115,8 +89,8 @@ fn phone(
         Arc::new(move |s: BoxStream| {
             let script = slot.lock().unwrap().take();
             if let Some(script) = script {
-                let mut a = Agent { s };
-                a.handshake();
+                let mut a = Agent::new(s);
+                a.handshake(2.1);
                 script(a);
             }
         }),

@@ -7,15 +7,15 @@
 
 mod common;
 
+use common::usbmux::{client, pmd3_client, serve_device};
 use common::{find_in_path, missing, peers_dir, run_client as run};
 
 use cradle::lockdown::tls::TlsVersions;
 use cradle::lockdown::{LockdownClient, PairRecord};
 use cradle::sim::device::{DeviceEvent, DeviceIdentity, SimDevice, SimDeviceConfig};
-use cradle::usb::muxd::{ListenAddr, MuxdServer, ServedDevice};
+use cradle::usb::muxd::MuxdServer;
 use plist::Value;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 /// A simulated phone behind a usbmuxd facade on 127.0.0.1:<free port>.
@@ -27,17 +27,7 @@ fn serve_with(tls: TlsVersions) -> (Arc<SimDevice>, MuxdServer) {
     let mut cfg = SimDeviceConfig::new(DeviceIdentity::example());
     cfg.tls_versions = tls;
     let dev = SimDevice::new(cfg).unwrap();
-    let served = ServedDevice {
-        udid: dev.udid().to_string(),
-        product_id: 0x12a8,
-        ports: dev.clone(),
-    };
-    let server = MuxdServer::bind(
-        &"127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        vec![served],
-        None,
-    )
-    .unwrap();
+    let server = serve_device(&dev);
     (dev, server)
 }
 
@@ -64,6 +54,25 @@ fn record_works_for_cradle(dev: &Arc<SimDevice>, server: &MuxdServer) -> PairRec
     record
 }
 
+/// Checks that the device saw at least `min` sessions and that every one ran over `tls`;
+/// returns how many there were.
+fn sessions_all_over(dev: &SimDevice, min: usize, tls: &str) -> usize {
+    let sessions: Vec<DeviceEvent> = dev
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, DeviceEvent::SessionStarted { .. }))
+        .collect();
+    assert!(sessions.len() >= min, "{sessions:?}");
+    assert!(
+        sessions.iter().all(|e| matches!(
+            e,
+            DeviceEvent::SessionStarted { tls: Some(v), .. } if v == tls
+        )),
+        "{sessions:?}"
+    );
+    sessions.len()
+}
+
 /// `key: value` lines of ideviceinfo.
 fn info_value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
     out.lines()
@@ -82,13 +91,7 @@ fn libimobiledevice_pairs_validates_and_reads_values() {
     let (dev, server) = serve();
     let home = tempfile::tempdir().unwrap();
     let udid = dev.udid().to_string();
-    let cmd = |bin: &Path, args: &[&str]| {
-        let mut c = Command::new(bin);
-        c.args(args)
-            .env("HOME", home.path())
-            .env("USBMUXD_SOCKET_ADDRESS", server.client_address());
-        c
-    };
+    let cmd = |bin: &Path, args: &[&str]| client(bin, args, home.path(), &server);
 
     let (ok, out, err) = run(cmd(&idevicepair, &["-u", &udid, "pair"]));
     assert!(ok, "idevicepair pair failed\nstdout: {out}\nstderr: {err}");
@@ -154,24 +157,12 @@ fn libimobiledevice_pairs_validates_and_reads_values() {
     assert_eq!(out.trim(), "true");
 
     // Every session ran over TLS, and StopSession went back to plaintext cleanly.
-    let sessions: Vec<DeviceEvent> = dev
-        .events()
-        .into_iter()
-        .filter(|e| matches!(e, DeviceEvent::SessionStarted { .. }))
-        .collect();
-    assert!(sessions.len() >= 3, "{sessions:?}");
-    assert!(
-        sessions.iter().all(|e| matches!(
-            e,
-            DeviceEvent::SessionStarted { tls: Some(v), .. } if v == "TLSv1_3"
-        )),
-        "{sessions:?}"
-    );
+    let sessions = sessions_all_over(&dev, 3, "TLSv1_3");
     assert_eq!(
         dev.count_events(|e| matches!(e, DeviceEvent::TlsFailed { .. })),
         0
     );
-    assert_eq!(dev.request_count("StopSession"), sessions.len());
+    assert_eq!(dev.request_count("StopSession"), sessions);
 
     // libimobiledevice's record (binary plist, its own key format) works for Cradle.
     record_works_for_cradle(&dev, &server);
@@ -187,13 +178,12 @@ fn pymobiledevice3_pairs_and_prints_lockdown_info() {
     let home = tempfile::tempdir().unwrap();
     let udid = dev.udid().to_string();
     let info = || {
-        let mut c = Command::new(&bin);
-        c.args(["lockdown", "info", "--udid", &udid])
-            .env("HOME", home.path())
-            .env("USBMUXD_SOCKET_ADDRESS", server.client_address())
-            .env_remove("PYMOBILEDEVICE3_USBMUX")
-            .env("NO_COLOR", "1");
-        run(c)
+        run(pmd3_client(
+            &bin,
+            &["lockdown", "info", "--udid", &udid],
+            home.path(),
+            &server,
+        ))
     };
 
     // First run: no record anywhere, so it pairs (and saves the record through usbmuxd).
@@ -259,15 +249,7 @@ fn both_clients_work_over_tls12() {
     let (dev, server) = serve_with(TlsVersions::Tls12Only);
     let home = tempfile::tempdir().unwrap();
     let udid = dev.udid().to_string();
-    let cmd = |bin: &Path, args: &[&str]| {
-        let mut c = Command::new(bin);
-        c.args(args)
-            .env("HOME", home.path())
-            .env("USBMUXD_SOCKET_ADDRESS", server.client_address())
-            .env_remove("PYMOBILEDEVICE3_USBMUX")
-            .env("NO_COLOR", "1");
-        c
-    };
+    let cmd = |bin: &Path, args: &[&str]| pmd3_client(bin, args, home.path(), &server);
     let (ok, out, err) = run(cmd(&idevicepair, &["-u", &udid, "pair"]));
     assert!(ok, "idevicepair pair failed\nstdout: {out}\nstderr: {err}");
     let (ok, out, err) = run(cmd(&ideviceinfo, &["-u", &udid, "-k", "UniqueDeviceID"]));
@@ -282,17 +264,5 @@ fn both_clients_work_over_tls12() {
         1,
         "pymobiledevice3 paired again instead of using the saved record"
     );
-    let sessions: Vec<DeviceEvent> = dev
-        .events()
-        .into_iter()
-        .filter(|e| matches!(e, DeviceEvent::SessionStarted { .. }))
-        .collect();
-    assert!(sessions.len() >= 2, "{sessions:?}");
-    assert!(
-        sessions.iter().all(|e| matches!(
-            e,
-            DeviceEvent::SessionStarted { tls: Some(v), .. } if v == "TLSv1_2"
-        )),
-        "{sessions:?}"
-    );
+    sessions_all_over(&dev, 2, "TLSv1_2");
 }

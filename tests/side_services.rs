@@ -4,8 +4,8 @@
 
 use cradle::plist_frame::{encode, read_frame, PlistFormat};
 use cradle::services::afc::{
-    AfcClient, AfcError, AfcHeader, AfcPacket, AfcReply, AfcStatus, LockOp, OpenMode, SyncLock,
-    SyncLockError, SyncLockPolicy, AFC_HEADER_LEN, MAX_AFC_PACKET_LEN, SYNC_LOCK_PATH,
+    AfcClient, AfcError, AfcHeader, AfcPacket, AfcReply, AfcStatus, FileHandle, LockOp, OpenMode,
+    SyncLock, SyncLockError, SyncLockPolicy, AFC_HEADER_LEN, MAX_AFC_PACKET_LEN, SYNC_LOCK_PATH,
 };
 use cradle::services::installation_proxy::{
     InstProxyError, InstallationProxyClient, BACKUP_APP_ATTRIBUTES,
@@ -54,6 +54,41 @@ fn side() -> (SideServices, ServiceHandler, ServiceHandler) {
     (s, np, afc)
 }
 
+/// What a host posts over a whole sync lock: acquire, then release.
+const FULL_SYNC_POSTS: [&str; 4] = [
+    SYNC_WILL_START,
+    SYNC_LOCK_REQUEST,
+    SYNC_DID_START,
+    SYNC_DID_FINISH,
+];
+
+/// The sync lock file held exclusively by another host (`holder`, handle `hh`), and this host's
+/// notification_proxy and AFC clients.
+struct Contended {
+    s: SideServices,
+    holder: AfcClient,
+    hh: FileHandle,
+    np: NotificationProxyClient,
+    afc: AfcClient,
+}
+
+fn contended() -> Contended {
+    let (s, np_h, afc_h) = side();
+    let (np_s, _np_t) = serve(&np_h);
+    let (holder_s, _t1) = serve(&afc_h);
+    let (afc_s, _t2) = serve(&afc_h);
+    let mut holder = AfcClient::new(boxed(holder_s));
+    let hh = holder.open(SYNC_LOCK_PATH, OpenMode::ReadWrite).unwrap();
+    holder.lock(hh, LockOp::Exclusive).unwrap();
+    Contended {
+        s,
+        holder,
+        hh,
+        np: NotificationProxyClient::new(boxed(np_s)),
+        afc: AfcClient::new(boxed(afc_s)),
+    }
+}
+
 #[test]
 fn sync_lock_acquire_and_release_post_in_order() {
     let (s, np_h, afc_h) = side();
@@ -74,15 +109,7 @@ fn sync_lock_acquire_and_release_post_in_order() {
     assert_eq!(s.afc.open_file_count(), 0);
     // ProxyDeath comes after every earlier post has been handled.
     np.shutdown(TEST_READ_TIMEOUT).unwrap();
-    assert_eq!(
-        s.notifications.host_posts(),
-        [
-            SYNC_WILL_START,
-            SYNC_LOCK_REQUEST,
-            SYNC_DID_START,
-            SYNC_DID_FINISH
-        ]
-    );
+    assert_eq!(s.notifications.host_posts(), FULL_SYNC_POSTS);
     drop(afc);
     np_t.join().unwrap();
     afc_t.join().unwrap();
@@ -90,16 +117,13 @@ fn sync_lock_acquire_and_release_post_in_order() {
 
 #[test]
 fn sync_lock_retries_while_another_host_holds_it() {
-    let (s, np_h, afc_h) = side();
-    let (np_s, _np_t) = serve(&np_h);
-    let (holder_s, _t1) = serve(&afc_h);
-    let (afc_s, _t2) = serve(&afc_h);
-    let mut holder = AfcClient::new(boxed(holder_s));
-    let hh = holder.open(SYNC_LOCK_PATH, OpenMode::ReadWrite).unwrap();
-    holder.lock(hh, LockOp::Exclusive).unwrap();
-
-    let mut np = NotificationProxyClient::new(boxed(np_s));
-    let mut afc = AfcClient::new(boxed(afc_s));
+    let Contended {
+        s,
+        mut holder,
+        hh,
+        mut np,
+        mut afc,
+    } = contended();
     let mut slept = Vec::new();
     let lock = SyncLock::acquire(&mut afc, &mut np, SyncLockPolicy::default(), &mut |d| {
         slept.push(d);
@@ -111,29 +135,19 @@ fn sync_lock_retries_while_another_host_holds_it() {
     assert_eq!(slept, vec![Duration::from_millis(200); 3]);
     lock.release(&mut afc, &mut np).unwrap();
     np.shutdown(TEST_READ_TIMEOUT).unwrap();
-    assert_eq!(
-        s.notifications.host_posts(),
-        [
-            SYNC_WILL_START,
-            SYNC_LOCK_REQUEST,
-            SYNC_DID_START,
-            SYNC_DID_FINISH
-        ]
-    );
+    assert_eq!(s.notifications.host_posts(), FULL_SYNC_POSTS);
 }
 
 #[test]
 fn sync_lock_gives_up_after_the_last_attempt_and_closes_the_file() {
-    let (s, np_h, afc_h) = side();
-    let (np_s, _np_t) = serve(&np_h);
-    let (holder_s, _t1) = serve(&afc_h);
-    let (afc_s, _t2) = serve(&afc_h);
-    let mut holder = AfcClient::new(boxed(holder_s));
-    let hh = holder.open(SYNC_LOCK_PATH, OpenMode::ReadWrite).unwrap();
-    holder.lock(hh, LockOp::Exclusive).unwrap();
-
-    let mut np = NotificationProxyClient::new(boxed(np_s));
-    let mut afc = AfcClient::new(boxed(afc_s));
+    // The holder stays connected, and the lock held, to the end.
+    let Contended {
+        s,
+        holder: _holder,
+        mut np,
+        mut afc,
+        ..
+    } = contended();
     let mut sleeps = 0;
     let policy = SyncLockPolicy {
         attempts: 5,
@@ -171,15 +185,7 @@ fn sync_lock_can_post_through_a_fresh_proxy_per_notification() {
     let lock =
         SyncLock::acquire(&mut afc, &mut post, SyncLockPolicy::default(), &mut |_| {}).unwrap();
     lock.release(&mut afc, &mut post).unwrap();
-    assert_eq!(
-        s.notifications.host_posts(),
-        [
-            SYNC_WILL_START,
-            SYNC_LOCK_REQUEST,
-            SYNC_DID_START,
-            SYNC_DID_FINISH
-        ]
-    );
+    assert_eq!(s.notifications.host_posts(), FULL_SYNC_POSTS);
 }
 
 #[test]

@@ -8,14 +8,14 @@
 
 mod common;
 
+use common::usbmux::{client, pmd3_client, serve_device};
 use common::{find_in_path, missing, pmd3, run_client as run};
 
 use cradle::services::notification_proxy::{SYNC_DID_FINISH, SYNC_WILL_START};
 use cradle::sim::device::{DeviceIdentity, SimDevice, SimDeviceConfig};
 use cradle::sim::services::{register_side_services, sim_app, sim_icon_png, SideServices};
-use cradle::usb::muxd::{ListenAddr, MuxdServer, ServedDevice};
+use cradle::usb::muxd::MuxdServer;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,17 +28,7 @@ fn serve() -> (Arc<SimDevice>, SideServices, MuxdServer) {
     ]);
     side.afc.seed_itunes_files().unwrap();
     register_side_services(&dev, &side);
-    let served = ServedDevice {
-        udid: dev.udid().to_string(),
-        product_id: 0x12a8,
-        ports: dev.clone(),
-    };
-    let server = MuxdServer::bind(
-        &"127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        vec![served],
-        None,
-    )
-    .unwrap();
+    let server = serve_device(&dev);
     (dev, side, server)
 }
 
@@ -55,13 +45,7 @@ fn libimobiledevice_posts_without_waiting_for_a_timeout() {
     let (dev, side, server) = serve();
     let home = tempfile::tempdir().unwrap();
     let udid = dev.udid().to_string();
-    let cmd = |bin: &Path, args: &[&str]| {
-        let mut c = Command::new(bin);
-        c.args(args)
-            .env("HOME", home.path())
-            .env("USBMUXD_SOCKET_ADDRESS", server.client_address());
-        c
-    };
+    let cmd = |bin: &Path, args: &[&str]| client(bin, args, home.path(), &server);
     let (ok, out, err) = run(cmd(&idevicepair, &["-u", &udid, "pair"]));
     assert!(ok, "idevicepair pair failed\nstdout: {out}\nstderr: {err}");
 
@@ -79,6 +63,12 @@ fn libimobiledevice_posts_without_waiting_for_a_timeout() {
             started.elapsed()
         );
     }
+    // The relay threads may still be handing the last frames to the phone when the tool exits.
+    assert!(
+        side.notifications
+            .wait_for_host_post(SYNC_DID_FINISH, Duration::from_secs(10)),
+        "the phone never saw {SYNC_DID_FINISH}"
+    );
     assert_eq!(
         side.notifications.host_posts(),
         [SYNC_WILL_START, SYNC_DID_FINISH]
@@ -95,13 +85,8 @@ fn pymobiledevice3_uses_notification_afc_apps_and_springboard() {
     let work = tempfile::tempdir().unwrap();
     let udid = dev.udid().to_string();
     let pmd = |args: &[&str]| {
-        let mut c = Command::new(&bin);
-        c.args(args)
-            .args(["--udid", &udid])
-            .env("HOME", home.path())
-            .env("USBMUXD_SOCKET_ADDRESS", server.client_address())
-            .env_remove("PYMOBILEDEVICE3_USBMUX")
-            .env("NO_COLOR", "1");
+        let mut c = pmd3_client(&bin, args, home.path(), &server);
+        c.args(["--udid", &udid]);
         let (ok, out, err) = run(c);
         assert!(
             ok,

@@ -2,34 +2,15 @@
 //! to the same bytes, and the simulated device must answer or close on any byte stream.
 #![no_main]
 
+mod replay;
+
 use cradle::services::afc::{
     decode_dir_listing, read_packet, AfcPacket, AfcReply, AfcRequest, FileInfo, MAX_AFC_PACKET_LEN,
 };
 use cradle::sim::services::{afc_handler, SimAfcFs};
-use cradle::transport::Duplex;
 use libfuzzer_sys::fuzz_target;
-use std::io::{self, Read, Write};
+use replay::Replay;
 use std::sync::Arc;
-
-/// A connection whose peer sends `input` and then closes; replies are discarded.
-struct Replay(io::Cursor<Vec<u8>>);
-
-impl Read for Replay {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for Replay {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Duplex for Replay {}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((p, used)) = AfcPacket::decode(data, MAX_AFC_PACKET_LEN) {
@@ -43,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = read_packet(&mut &data[..], MAX_AFC_PACKET_LEN);
-    afc_handler(Arc::new(SimAfcFs::new()))(Box::new(Replay(io::Cursor::new(data.to_vec()))));
+    afc_handler(Arc::new(SimAfcFs::new()))(Box::new(Replay::new(data)));
 });

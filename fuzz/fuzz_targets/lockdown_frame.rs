@@ -3,32 +3,13 @@
 //! (QueryType, GetValue, StartService) from a stream of fuzzed frames: no panic, bounded memory.
 #![no_main]
 
+mod replay;
+
 use cradle::lockdown::protocol::{check_reply, parse_request, MAX_LOCKDOWN_FRAME};
 use cradle::lockdown::LockdownClient;
 use cradle::plist_frame::{decode_body, read_frame_max};
-use cradle::transport::Duplex;
 use libfuzzer_sys::fuzz_target;
-use std::io::{self, Read, Write};
-
-/// A "device" that answers with the fuzzed bytes and swallows what the host writes.
-struct Replay(io::Cursor<Vec<u8>>);
-
-impl Read for Replay {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for Replay {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Duplex for Replay {}
+use replay::Replay;
 
 fuzz_target!(|data: &[u8]| {
     // The body alone, as every framed service decodes it.
@@ -53,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // The host's client reading the device's replies.
     let mut client = LockdownClient::from_stream(
-        Box::new(Replay(io::Cursor::new(data.to_vec()))),
+        Box::new(Replay::new(data)),
         "00008030-001A2B3C4D5E6F70",
         "fuzz",
     );

@@ -5,6 +5,7 @@ use super::host::{
     BackupEvent, BackupOptions, HostError, Mb2Session, Phase, SessionConfig, TransferSummary,
 };
 use super::target::{BackupPath, BackupTarget, TargetError};
+use crate::ios_backup::plists::{InfoPlist, InfoPlistParams, DEFAULT_ITUNES_VERSION};
 use crate::lockdown::{self, HostIdentity, LockdownSession, PairStore, SessionOptions};
 use crate::services::afc::{
     AfcClient, PostNotification, SyncLock, SyncLockError, SyncLockPolicy, IBOOKS_DATA2_PATH,
@@ -19,7 +20,7 @@ use crate::services::springboard::SpringboardClient;
 use crate::services::{
     AFC_SERVICE, INSTALLATION_PROXY_SERVICE, NOTIFICATION_PROXY_SERVICE, SPRINGBOARD_SERVICE,
 };
-use crate::transport::DeviceConnector;
+use crate::transport::{BoxStream, DeviceConnector};
 use plist::{Dictionary, Value};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,6 +210,44 @@ impl PostNotification for Poster {
     }
 }
 
+/// The lockdown session every run starts with, pairing first when this host has no record.
+fn open_lockdown(
+    conn: &dyn DeviceConnector,
+    pair_store: &dyn PairStore,
+    host: &HostIdentity,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(BackupEvent),
+) -> Result<LockdownSession, RunError> {
+    events(BackupEvent::Phase(Phase::Connecting));
+    Ok(lockdown::open(
+        conn,
+        pair_store,
+        host,
+        &opts.lockdown,
+        &mut |e| events(BackupEvent::Pairing(e)),
+    )?)
+}
+
+/// `WillEncrypt`, taken as false when the phone does not say (no such key, or not a boolean).
+fn will_encrypt(ld: &mut LockdownSession) -> bool {
+    ld.get_value(Some("com.apple.mobile.backup"), Some("WillEncrypt"))
+        .ok()
+        .and_then(|v| v.as_boolean())
+        .unwrap_or(false)
+}
+
+/// The mobilebackup2 service over SSL (as both real hosts start it).
+fn connect_mobilebackup2(
+    conn: &dyn DeviceConnector,
+    ld: &mut LockdownSession,
+) -> Result<BoxStream, RunError> {
+    ld.connect_service(conn, MOBILEBACKUP2_SERVICE, true)
+        .map_err(|source| RunError::Service {
+            service: MOBILEBACKUP2_SERVICE,
+            source,
+        })
+}
+
 /// Backs up the attached phone into `target`, as idevicebackup2 and pymobiledevice3 do
 /// (protocol.md §6.2, §6.3):
 ///
@@ -228,10 +267,7 @@ pub fn run_backup(
     opts: &RunOptions,
     events: &mut dyn FnMut(BackupEvent),
 ) -> Result<RunReport, RunError> {
-    events(BackupEvent::Phase(Phase::Connecting));
-    let mut ld = lockdown::open(conn, pair_store, host, &opts.lockdown, &mut |e| {
-        events(BackupEvent::Pairing(e))
-    })?;
+    let mut ld = open_lockdown(conn, pair_store, host, opts, events)?;
     let udid = ld.udid().to_string();
     let res = backup_in_session(conn, &mut ld, &udid, target, opts, events);
     // The session's own goodbye; the backup's outcome matters more than its failure.
@@ -251,22 +287,13 @@ fn backup_in_session(
         Value::Dictionary(d) => d,
         _ => Dictionary::new(),
     };
-    let will_encrypt = ld
-        .get_value(Some("com.apple.mobile.backup"), Some("WillEncrypt"))
-        .ok()
-        .and_then(|v| v.as_boolean())
-        .unwrap_or(false);
+    let will_encrypt = will_encrypt(ld);
     let product_version = root
         .get("ProductVersion")
         .and_then(Value::as_string)
         .map(str::to_string);
 
-    let mb2_stream = ld
-        .connect_service(conn, MOBILEBACKUP2_SERVICE, true)
-        .map_err(|source| RunError::Service {
-            service: MOBILEBACKUP2_SERVICE,
-            source,
-        })?;
+    let mb2_stream = connect_mobilebackup2(conn, ld)?;
     // The phone's cancel (syncCancelRequest) and the caller's share one flag.
     let cancel = opts
         .session
@@ -331,10 +358,7 @@ fn backup_in_session(
 
     let outcome = (|| -> Result<TransferSummary, RunError> {
         let info = gather_info_plist(conn, ld, afc.as_mut(), udid, &root);
-        let mut xml = Vec::new();
-        // Writing a dictionary into a Vec cannot fail.
-        let _ = Value::Dictionary(info).to_writer_xml(&mut xml);
-        write_info_plist(target, udid, &xml).map_err(RunError::InfoPlist)?;
+        write_info_plist(target, udid, &info.to_xml()).map_err(RunError::InfoPlist)?;
         let summary = mb2.backup(
             target,
             udid,
@@ -390,30 +414,16 @@ pub fn run_change_password(
     opts: &RunOptions,
     events: &mut dyn FnMut(BackupEvent),
 ) -> Result<bool, RunError> {
-    events(BackupEvent::Phase(Phase::Connecting));
-    let mut ld = lockdown::open(conn, pair_store, host, &opts.lockdown, &mut |e| {
-        events(BackupEvent::Pairing(e))
-    })?;
+    let mut ld = open_lockdown(conn, pair_store, host, opts, events)?;
     let udid = ld.udid().to_string();
     let res = (|| -> Result<bool, RunError> {
-        let will_encrypt = |ld: &mut LockdownSession| {
-            ld.get_value(Some("com.apple.mobile.backup"), Some("WillEncrypt"))
-                .ok()
-                .and_then(|v| v.as_boolean())
-                .unwrap_or(false)
-        };
         let before = will_encrypt(&mut ld);
         match (old.is_some(), new.is_some()) {
             (false, true) if before => return Err(RunError::EncryptionAlreadySet(true)),
             (true, false) if !before => return Err(RunError::EncryptionAlreadySet(false)),
             _ => {}
         }
-        let stream = ld
-            .connect_service(conn, MOBILEBACKUP2_SERVICE, true)
-            .map_err(|source| RunError::Service {
-                service: MOBILEBACKUP2_SERVICE,
-                source,
-            })?;
+        let stream = connect_mobilebackup2(conn, &mut ld)?;
         let mut mb2 = Mb2Session::handshake(stream, opts.session.clone())?;
         let res = mb2.change_password(&udid, old, new, events);
         let bye = mb2.disconnect();
@@ -435,10 +445,7 @@ pub fn query_will_encrypt(
     opts: &RunOptions,
     events: &mut dyn FnMut(BackupEvent),
 ) -> Result<bool, RunError> {
-    events(BackupEvent::Phase(Phase::Connecting));
-    let mut ld = lockdown::open(conn, pair_store, host, &opts.lockdown, &mut |e| {
-        events(BackupEvent::Pairing(e))
-    })?;
+    let mut ld = open_lockdown(conn, pair_store, host, opts, events)?;
     let v = ld.get_value(Some("com.apple.mobile.backup"), Some("WillEncrypt"));
     let _ = ld.close();
     match v {
@@ -449,97 +456,6 @@ pub fn query_will_encrypt(
     }
 }
 
-/// `iTunes Version` when lockdown has no `MinITunesVersion` (libimobiledevice's default).
-pub const DEFAULT_ITUNES_VERSION: &str = "10.0.1";
-
-/// What the host gathers for Info.plist besides lockdown's root values (protocol.md §6.1).
-#[derive(Debug, Clone, Default)]
-pub struct InfoSources {
-    /// 32 upper-case hex characters.
-    pub guid: String,
-    pub last_backup_date: Option<SystemTime>,
-    /// Bundle id → `{ApplicationSINF, iTunesMetadata, PlaceholderIcon?}`.
-    pub applications: Dictionary,
-    /// Bundle ids of the user's apps.
-    pub installed_applications: Vec<String>,
-    /// AFC `/Books/iBooksData2.plist`.
-    pub ibooks_data: Option<Vec<u8>>,
-    /// File name → contents from AFC `/iTunes_Control/iTunes/`.
-    pub itunes_files: Dictionary,
-    /// Lockdown domain `com.apple.iTunes`.
-    pub itunes_settings: Dictionary,
-    /// `MinITunesVersion`, or [`DEFAULT_ITUNES_VERSION`].
-    pub itunes_version: String,
-}
-
-/// Info.plist as idevicebackup2 writes it: lockdown's root values under Apple's key names plus
-/// what the host gathered. `udid` is `Target Identifier` as given, `Unique Identifier` in upper
-/// case. Lockdown values that are not strings are left out.
-pub fn build_info_plist(udid: &str, root: &Dictionary, src: InfoSources) -> Dictionary {
-    let mut d = Dictionary::new();
-    let string = |key: &str| {
-        root.get(key)
-            .and_then(Value::as_string)
-            .map(|s| Value::String(s.into()))
-    };
-    let mut put = |key: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            d.insert(key.to_string(), v);
-        }
-    };
-    put("Applications", Some(Value::Dictionary(src.applications)));
-    put("Build Version", string("BuildVersion"));
-    put("Device Name", string("DeviceName"));
-    put("Display Name", string("DeviceName"));
-    put("GUID", Some(Value::String(src.guid)));
-    put("ICCID", string("IntegratedCircuitCardIdentity"));
-    put("IMEI", string("InternationalMobileEquipmentIdentity"));
-    put(
-        "Installed Applications",
-        Some(Value::Array(
-            src.installed_applications
-                .into_iter()
-                .map(Value::String)
-                .collect(),
-        )),
-    );
-    put(
-        "Last Backup Date",
-        src.last_backup_date.map(|t| Value::Date(t.into())),
-    );
-    put("MEID", string("MobileEquipmentIdentifier"));
-    put("Phone Number", string("PhoneNumber"));
-    put("Product Name", string("ProductName"));
-    put("Product Type", string("ProductType"));
-    put("Product Version", string("ProductVersion"));
-    put("Serial Number", string("SerialNumber"));
-    put("Target Identifier", Some(Value::String(udid.to_string())));
-    put("Target Type", Some(Value::String("Device".into())));
-    put(
-        "Unique Identifier",
-        Some(Value::String(udid.to_uppercase())),
-    );
-    put("iBooks Data 2", src.ibooks_data.map(Value::Data));
-    put("iTunes Files", Some(Value::Dictionary(src.itunes_files)));
-    put(
-        "iTunes Settings",
-        Some(Value::Dictionary(src.itunes_settings)),
-    );
-    put("iTunes Version", Some(Value::String(src.itunes_version)));
-    d
-}
-
-/// One `Applications` entry.
-fn application_entry(sinf: &[u8], meta: &[u8], icon: Option<Vec<u8>>) -> Value {
-    let mut d = Dictionary::new();
-    d.insert("ApplicationSINF".into(), Value::Data(sinf.to_vec()));
-    d.insert("iTunesMetadata".into(), Value::Data(meta.to_vec()));
-    if let Some(icon) = icon {
-        d.insert("PlaceholderIcon".into(), Value::Data(icon));
-    }
-    Value::Dictionary(d)
-}
-
 /// Gathers Info.plist from lockdown's values and the side services. Every source but lockdown's
 /// root values is optional: a failure leaves its keys empty, as both real hosts do.
 fn gather_info_plist(
@@ -548,12 +464,9 @@ fn gather_info_plist(
     afc: Option<&mut AfcClient>,
     udid: &str,
     root: &Dictionary,
-) -> Dictionary {
-    let mut src = InfoSources {
-        guid: hex::encode_upper(rand::random::<[u8; 16]>()),
-        last_backup_date: Some(SystemTime::now()),
-        ..InfoSources::default()
-    };
+) -> InfoPlist {
+    let mut src = InfoPlistParams::new(InfoPlistParams::random_guid());
+    src.last_backup_date = Some(SystemTime::now().into());
     src.itunes_settings = match ld.get_value(Some("com.apple.iTunes"), None) {
         Ok(Value::Dictionary(d)) => d,
         _ => Dictionary::new(),
@@ -598,8 +511,10 @@ fn gather_info_plist(
                 .ok();
         }
         let icon = icons.as_mut().and_then(|c| c.icon_png(id).ok());
-        src.applications
-            .insert(id.to_string(), application_entry(sinf, meta, icon));
+        src.applications.insert(
+            id.to_string(),
+            InfoPlist::application_entry(sinf.to_vec(), meta.to_vec(), icon),
+        );
     }
 
     if let Some(afc) = afc {
@@ -615,7 +530,7 @@ fn gather_info_plist(
             }
         }
     }
-    build_info_plist(udid, root, src)
+    InfoPlist::from_lockdown_values(udid, root, src)
 }
 
 #[cfg(test)]
@@ -632,16 +547,10 @@ mod tests {
         root.insert("DeviceName".into(), "Phone".into());
         root.insert("ProductVersion".into(), "17.5.1".into());
         root.insert("PhoneNumber".into(), Value::Integer(5.into()));
-        let d = build_info_plist(
-            "00008030-001a",
-            &root,
-            InfoSources {
-                guid: "AB".into(),
-                installed_applications: vec!["com.a".into()],
-                itunes_version: DEFAULT_ITUNES_VERSION.into(),
-                ..InfoSources::default()
-            },
-        );
+        let mut src = InfoPlistParams::new("AB");
+        src.installed_applications = vec!["com.a".into()];
+        let info = InfoPlist::from_lockdown_values("00008030-001a", &root, src);
+        let d = info.dictionary();
         let s = |k: &str| d.get(k).and_then(Value::as_string);
         assert_eq!(s("Device Name"), Some("Phone"));
         assert_eq!(s("Display Name"), Some("Phone"));

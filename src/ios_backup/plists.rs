@@ -304,6 +304,48 @@ pub fn whole_seconds(date: Date) -> Date {
     Date::from(rounded)
 }
 
+/// What the three plist types have alike, given their `FILE_NAME` and `from_dictionary`:
+/// parsing from bytes or a file within the caps, the dictionary itself, and a type-checked
+/// `insert`.
+macro_rules! plist_file_common {
+    ($ty:ident, $file:literal) => {
+        impl $ty {
+            #[doc = concat!("Parses ", $file, " bytes (binary or XML).")]
+            pub fn from_bytes(bytes: &[u8]) -> Result<Self, PlistError> {
+                Self::from_bytes_at(bytes, Path::new(Self::FILE_NAME))
+            }
+
+            /// Parses bytes read from `path` (named in errors).
+            pub fn from_bytes_at(bytes: &[u8], path: &Path) -> Result<Self, PlistError> {
+                Self::from_dictionary(parse_dictionary(bytes, path)?, path)
+            }
+
+            #[doc = concat!("Reads and parses a ", $file, " file.")]
+            pub fn read(path: impl AsRef<Path>) -> Result<Self, PlistError> {
+                let path = path.as_ref();
+                Self::from_bytes_at(&read_capped(path)?, path)
+            }
+
+            /// Every key, known and unknown, in file order.
+            pub fn dictionary(&self) -> &Dictionary {
+                &self.dict
+            }
+
+            pub fn into_dictionary(self) -> Dictionary {
+                self.dict
+            }
+
+            /// Sets any key. Known keys are type-checked; unknown ones are kept as given.
+            pub fn insert(&mut self, key: &str, value: Value) -> Result<(), PlistError> {
+                let mut dict = self.dict.clone();
+                dict.insert(key.into(), value);
+                *self = Self::from_dictionary(dict, Path::new(Self::FILE_NAME))?;
+                Ok(())
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Manifest.plist
 
@@ -358,6 +400,8 @@ pub const MANIFEST_VERSION: &str = "10.0";
 pub struct ManifestPlist {
     dict: Dictionary,
 }
+
+plist_file_common!(ManifestPlist, "Manifest.plist");
 
 /// What a phone puts in a new Manifest.plist.
 #[derive(Debug, Clone)]
@@ -429,34 +473,9 @@ impl ManifestPlist {
         Ok(ManifestPlist { dict })
     }
 
-    /// Parses Manifest.plist bytes (binary or XML).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PlistError> {
-        Self::from_bytes_at(bytes, Path::new(Self::FILE_NAME))
-    }
-
-    /// Parses bytes read from `path` (named in errors).
-    pub fn from_bytes_at(bytes: &[u8], path: &Path) -> Result<Self, PlistError> {
-        Self::from_dictionary(parse_dictionary(bytes, path)?, path)
-    }
-
-    /// Reads and parses a Manifest.plist file.
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, PlistError> {
-        let path = path.as_ref();
-        Self::from_bytes_at(&read_capped(path)?, path)
-    }
-
     /// The binary plist, as a phone writes it. Parsing it and writing again gives the same bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         to_binary(&self.dict)
-    }
-
-    /// Every key, known and unknown, in file order.
-    pub fn dictionary(&self) -> &Dictionary {
-        &self.dict
-    }
-
-    pub fn into_dictionary(self) -> Dictionary {
-        self.dict
     }
 
     /// The keybag TLV blob.
@@ -557,14 +576,6 @@ impl ManifestPlist {
         self.dict
             .insert(manifest_key::WAS_PASSCODE_SET.into(), Value::Boolean(set));
     }
-
-    /// Sets any key. Known keys are type-checked; unknown ones are kept as given.
-    pub fn insert(&mut self, key: &str, value: Value) -> Result<(), PlistError> {
-        let mut dict = self.dict.clone();
-        dict.insert(key.into(), value);
-        *self = Self::from_dictionary(dict, Path::new(Self::FILE_NAME))?;
-        Ok(())
-    }
 }
 
 fn prefix_key(e: PlistError, prefix: &str) -> PlistError {
@@ -620,6 +631,8 @@ pub struct StatusPlist {
     dict: Dictionary,
 }
 
+plist_file_common!(StatusPlist, "Status.plist");
+
 impl StatusPlist {
     pub const FILE_NAME: &'static str = "Status.plist";
 
@@ -649,33 +662,9 @@ impl StatusPlist {
         Ok(StatusPlist { dict })
     }
 
-    /// Parses Status.plist bytes (binary or XML).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PlistError> {
-        Self::from_bytes_at(bytes, Path::new(Self::FILE_NAME))
-    }
-
-    /// Parses bytes read from `path` (named in errors).
-    pub fn from_bytes_at(bytes: &[u8], path: &Path) -> Result<Self, PlistError> {
-        Self::from_dictionary(parse_dictionary(bytes, path)?, path)
-    }
-
-    /// Reads and parses a Status.plist file.
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, PlistError> {
-        let path = path.as_ref();
-        Self::from_bytes_at(&read_capped(path)?, path)
-    }
-
     /// The binary plist. Parsing it and writing again gives the same bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         to_binary(&self.dict)
-    }
-
-    pub fn dictionary(&self) -> &Dictionary {
-        &self.dict
-    }
-
-    pub fn into_dictionary(self) -> Dictionary {
-        self.dict
     }
 
     pub fn snapshot_state(&self) -> &str {
@@ -722,14 +711,6 @@ impl StatusPlist {
     pub fn set_date(&mut self, date: Date) {
         self.dict
             .insert(status_key::DATE.into(), Value::Date(whole_seconds(date)));
-    }
-
-    /// Sets any key. Known keys are type-checked; unknown ones are kept as given.
-    pub fn insert(&mut self, key: &str, value: Value) -> Result<(), PlistError> {
-        let mut dict = self.dict.clone();
-        dict.insert(key.into(), value);
-        *self = Self::from_dictionary(dict, Path::new(Self::FILE_NAME))?;
-        Ok(())
     }
 }
 
@@ -839,6 +820,8 @@ pub struct InfoPlist {
     dict: Dictionary,
 }
 
+plist_file_common!(InfoPlist, "Info.plist");
+
 impl InfoPlist {
     pub const FILE_NAME: &'static str = "Info.plist";
 
@@ -923,22 +906,6 @@ impl InfoPlist {
         Ok(InfoPlist { dict })
     }
 
-    /// Parses Info.plist bytes (XML or binary; Finder writes binary ones).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PlistError> {
-        Self::from_bytes_at(bytes, Path::new(Self::FILE_NAME))
-    }
-
-    /// Parses bytes read from `path` (named in errors).
-    pub fn from_bytes_at(bytes: &[u8], path: &Path) -> Result<Self, PlistError> {
-        Self::from_dictionary(parse_dictionary(bytes, path)?, path)
-    }
-
-    /// Reads and parses an Info.plist file.
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, PlistError> {
-        let path = path.as_ref();
-        Self::from_bytes_at(&read_capped(path)?, path)
-    }
-
     /// XML, as idevicebackup2 writes it. Parsing it and writing again gives the same bytes.
     pub fn to_xml(&self) -> Vec<u8> {
         to_xml(&self.dict)
@@ -947,14 +914,6 @@ impl InfoPlist {
     /// The same content as a binary plist.
     pub fn to_binary(&self) -> Vec<u8> {
         to_binary(&self.dict)
-    }
-
-    pub fn dictionary(&self) -> &Dictionary {
-        &self.dict
-    }
-
-    pub fn into_dictionary(self) -> Dictionary {
-        self.dict
     }
 
     /// Any string-valued key (see [`info_key`]).
@@ -1037,14 +996,6 @@ impl InfoPlist {
             info_key::LAST_BACKUP_DATE.into(),
             Value::Date(whole_seconds(date)),
         );
-    }
-
-    /// Sets any key. Known keys are type-checked; unknown ones are kept as given.
-    pub fn insert(&mut self, key: &str, value: Value) -> Result<(), PlistError> {
-        let mut dict = self.dict.clone();
-        dict.insert(key.into(), value);
-        *self = Self::from_dictionary(dict, Path::new(Self::FILE_NAME))?;
-        Ok(())
     }
 }
 

@@ -169,6 +169,55 @@ fn pem_data(d: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// The `Domain` and `Key` fields of `GetValue`, `SetValue` and `RemoveValue`, each left out
+/// when `None`.
+fn value_fields(domain: Option<&str>, key: Option<&str>) -> Dictionary {
+    let mut f = Dictionary::new();
+    if let Some(d) = domain {
+        f.insert("Domain".into(), Value::String(d.to_string()));
+    }
+    if let Some(k) = key {
+        f.insert("Key".into(), Value::String(k.to_string()));
+    }
+    f
+}
+
+/// The part of a pair record the phone gets (`Pair`, `ValidatePair`): certificates and
+/// identifiers, never a private key.
+fn public_pair_record(record: &PairRecord) -> Dictionary {
+    let mut pr = Dictionary::new();
+    pr.insert(
+        "DeviceCertificate".into(),
+        Value::Data(record.device_cert_pem.clone()),
+    );
+    pr.insert(
+        "HostCertificate".into(),
+        Value::Data(record.host_cert_pem.clone()),
+    );
+    pr.insert(
+        "RootCertificate".into(),
+        Value::Data(record.root_cert_pem.clone()),
+    );
+    pr.insert("HostID".into(), Value::String(record.host_id.clone()));
+    pr.insert(
+        "SystemBUID".into(),
+        Value::String(record.system_buid.clone()),
+    );
+    pr
+}
+
+/// The fields of `Pair`, `ValidatePair` and `Unpair`: the (public) pair record and the
+/// protocol version.
+fn pair_request_fields(pair_record: Dictionary) -> Dictionary {
+    let mut f = Dictionary::new();
+    f.insert("PairRecord".into(), Value::Dictionary(pair_record));
+    f.insert(
+        "ProtocolVersion".into(),
+        Value::String(protocol::PROTOCOL_VERSION.into()),
+    );
+    f
+}
+
 impl LockdownClient {
     /// Opens port 62078 on the device.
     pub fn connect(conn: &dyn DeviceConnector, label: &str) -> Result<Self, Error> {
@@ -244,14 +293,7 @@ impl LockdownClient {
 
     /// `GetValue`: one value, or a whole domain when `key` is `None`.
     pub fn get_value(&mut self, domain: Option<&str>, key: Option<&str>) -> Result<Value, Error> {
-        let mut f = Dictionary::new();
-        if let Some(d) = domain {
-            f.insert("Domain".into(), Value::String(d.to_string()));
-        }
-        if let Some(k) = key {
-            f.insert("Key".into(), Value::String(k.to_string()));
-        }
-        let mut r = self.request("GetValue", f)?;
+        let mut r = self.request("GetValue", value_fields(domain, key))?;
         r.remove("Value").ok_or(Error::BadField {
             request: "GetValue",
             field: "Value",
@@ -265,23 +307,15 @@ impl LockdownClient {
         key: &str,
         value: Value,
     ) -> Result<(), Error> {
-        let mut f = Dictionary::new();
-        if let Some(d) = domain {
-            f.insert("Domain".into(), Value::String(d.to_string()));
-        }
-        f.insert("Key".into(), Value::String(key.to_string()));
+        let mut f = value_fields(domain, Some(key));
         f.insert("Value".into(), value);
         self.request("SetValue", f).map(|_| ())
     }
 
     /// `RemoveValue`.
     pub fn remove_value(&mut self, domain: Option<&str>, key: &str) -> Result<(), Error> {
-        let mut f = Dictionary::new();
-        if let Some(d) = domain {
-            f.insert("Domain".into(), Value::String(d.to_string()));
-        }
-        f.insert("Key".into(), Value::String(key.to_string()));
-        self.request("RemoveValue", f).map(|_| ())
+        self.request("RemoveValue", value_fields(domain, Some(key)))
+            .map(|_| ())
     }
 
     /// Pairs with the device: reads its public key and Wi-Fi address, makes the certificates,
@@ -321,34 +355,11 @@ impl LockdownClient {
             wifi_mac,
         };
 
-        // What the phone gets: certificates and identifiers, never a private key.
-        let mut pr = Dictionary::new();
-        pr.insert(
-            "DeviceCertificate".into(),
-            Value::Data(record.device_cert_pem.clone()),
-        );
-        pr.insert(
-            "HostCertificate".into(),
-            Value::Data(record.host_cert_pem.clone()),
-        );
-        pr.insert(
-            "RootCertificate".into(),
-            Value::Data(record.root_cert_pem.clone()),
-        );
-        pr.insert("HostID".into(), Value::String(record.host_id.clone()));
-        pr.insert(
-            "SystemBUID".into(),
-            Value::String(record.system_buid.clone()),
-        );
+        let mut pr = public_pair_record(&record);
         if let Some(mac) = &record.wifi_mac {
             pr.insert("WiFiMACAddress".into(), Value::String(mac.clone()));
         }
-        let mut fields = Dictionary::new();
-        fields.insert("PairRecord".into(), Value::Dictionary(pr));
-        fields.insert(
-            "ProtocolVersion".into(),
-            Value::String(protocol::PROTOCOL_VERSION.into()),
-        );
+        let mut fields = pair_request_fields(pr);
         let mut options = Dictionary::new();
         options.insert("ExtendedPairingErrors".into(), Value::Boolean(true));
         fields.insert("PairingOptions".into(), Value::Dictionary(options));
@@ -394,44 +405,15 @@ impl LockdownClient {
 
     /// `ValidatePair` (only iOS < 7 needs it; kept for completeness).
     pub fn validate_pair(&mut self, record: &PairRecord) -> Result<(), Error> {
-        let mut pr = Dictionary::new();
-        pr.insert("HostID".into(), Value::String(record.host_id.clone()));
-        pr.insert(
-            "HostCertificate".into(),
-            Value::Data(record.host_cert_pem.clone()),
-        );
-        pr.insert(
-            "RootCertificate".into(),
-            Value::Data(record.root_cert_pem.clone()),
-        );
-        pr.insert(
-            "DeviceCertificate".into(),
-            Value::Data(record.device_cert_pem.clone()),
-        );
-        pr.insert(
-            "SystemBUID".into(),
-            Value::String(record.system_buid.clone()),
-        );
-        let mut f = Dictionary::new();
-        f.insert("PairRecord".into(), Value::Dictionary(pr));
-        f.insert(
-            "ProtocolVersion".into(),
-            Value::String(protocol::PROTOCOL_VERSION.into()),
-        );
-        self.request("ValidatePair", f).map(|_| ())
+        let fields = pair_request_fields(public_pair_record(record));
+        self.request("ValidatePair", fields).map(|_| ())
     }
 
     /// `Unpair`: the device forgets this host.
     pub fn unpair(&mut self, host_id: &str) -> Result<(), Error> {
         let mut pr = Dictionary::new();
         pr.insert("HostID".into(), Value::String(host_id.to_string()));
-        let mut f = Dictionary::new();
-        f.insert("PairRecord".into(), Value::Dictionary(pr));
-        f.insert(
-            "ProtocolVersion".into(),
-            Value::String(protocol::PROTOCOL_VERSION.into()),
-        );
-        self.request("Unpair", f).map(|_| ())
+        self.request("Unpair", pair_request_fields(pr)).map(|_| ())
     }
 
     /// `StartSession` with the record's HostID and SystemBUID, then TLS when the device asks.

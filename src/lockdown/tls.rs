@@ -111,6 +111,29 @@ pub fn private_key_from_pem(
     })
 }
 
+/// The handshake-signature checks of a verifier that accepts anything: neither end checks the
+/// other's certificate (see [`AcceptAnyServer`], [`AcceptAnyClient`]), so nor its signatures.
+macro_rules! accept_any_signature {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+    };
+}
+
 /// Accepts any server certificate. No host verifies the device: the device certificate is
 /// the one the host itself issued at pairing, and real devices present it unverifiable.
 #[derive(Debug)]
@@ -127,22 +150,7 @@ impl ServerCertVerifier for AcceptAnyServer {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
+    accept_any_signature!();
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         RSA_SCHEMES.to_vec()
     }
@@ -206,22 +214,7 @@ impl ClientCertVerifier for AcceptAnyClient {
     ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
+    accept_any_signature!();
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         let mut v = RSA_SCHEMES.to_vec();
         v.push(SignatureScheme::RSA_PKCS1_SHA1);

@@ -99,6 +99,32 @@ impl Shared {
         st.core.fail(why);
         self.settle(&mut st);
     }
+
+    /// Waits on `streams` for a wake-up, at most until `deadline`.
+    fn wait_until<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, State> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.streams
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    /// Takes the link down with `why` and joins its threads.
+    fn stop_and_join(&self, why: &str, threads: &Mutex<Vec<JoinHandle<()>>>) {
+        self.shut_down(why);
+        let threads: Vec<_> = threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, MuxLinkError> {
@@ -311,18 +337,13 @@ impl Read for MuxStream {
                     .wait(st)
                     .unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
+                    if Instant::now() >= d {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "usbmux read timed out",
                         ));
                     }
-                    self.shared
-                        .streams
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    self.shared.wait_until(st, d)
                 }
             };
         }
@@ -433,18 +454,12 @@ impl MuxHost {
             if let Some(why) = &st.down {
                 return Err(MuxLinkError::Failed(why.clone()));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 drop(st);
                 host.shutdown();
                 return Err(MuxLinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
             }
-            st = host
-                .shared
-                .streams
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = host.shared.wait_until(st, deadline);
         }
         drop(st);
         Ok(host)
@@ -465,32 +480,18 @@ impl MuxHost {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
         while st.down.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return false;
             }
-            st = self
-                .shared
-                .streams
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = self.shared.wait_until(st, deadline);
         }
         true
     }
 
     /// Stops the threads; open streams fail with `NotConnected`.
     pub fn shutdown(&self) {
-        self.shared.shut_down("the usbmux host was shut down");
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for t in threads {
-            let _ = t.join();
-        }
+        self.shared
+            .stop_and_join("the usbmux host was shut down", &self.threads);
     }
 }
 
@@ -536,8 +537,7 @@ impl DeviceConnector for MuxHost {
                 }
                 _ => {}
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 st.connects.remove(&conn);
                 st.core.close(conn);
                 self.shared.settle(&mut st);
@@ -546,12 +546,7 @@ impl DeviceConnector for MuxHost {
                     format!("no answer from the device to a connection to port {port}"),
                 ));
             }
-            st = self
-                .shared
-                .streams
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = self.shared.wait_until(st, deadline);
         }
     }
 }
@@ -587,16 +582,8 @@ impl MuxDevice {
 
     /// Stops the threads; open streams fail with `NotConnected`.
     pub fn shutdown(&self) {
-        self.shared.shut_down("the usbmux device was shut down");
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for t in threads {
-            let _ = t.join();
-        }
+        self.shared
+            .stop_and_join("the usbmux device was shut down", &self.threads);
     }
 }
 

@@ -3,7 +3,9 @@
 //! (`serve`), the synthetic phone's tree, and tree comparison.
 #![allow(dead_code)]
 
+pub mod mb2;
 pub mod serve;
+pub mod usbmux;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

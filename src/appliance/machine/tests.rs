@@ -37,6 +37,30 @@ impl Rig {
     fn screen(&self, s: u64) -> Screen {
         self.m.screen(self.at(s))
     }
+    /// Started with a Cradle drive: Ready at second 1.
+    fn ready() -> Self {
+        let mut r = Rig::new(None);
+        started(&mut r);
+        r
+    }
+    /// U1 plugged in at second 2: job 1 is connecting.
+    fn connecting() -> Self {
+        let mut r = Rig::ready();
+        r.ev(2, attach(U1));
+        r
+    }
+    /// U1 identified at second 3 with encrypted backups: job 1 is backing up.
+    fn backing_up() -> Self {
+        let mut r = Rig::connecting();
+        r.ev(3, job(1, ident(true)));
+        r
+    }
+    /// Everything received at second 4: job 1 is saving.
+    fn received() -> Self {
+        let mut r = Rig::backing_up();
+        r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
+        r
+    }
 }
 
 fn drive(kind: DriveKind) -> Event {
@@ -143,8 +167,7 @@ fn started(rig: &mut Rig) {
 
 #[test]
 fn happy_path_with_encryption_turned_on() {
-    let mut r = Rig::new(None);
-    started(&mut r);
+    let mut r = Rig::ready();
     run(
         &mut r,
         &[
@@ -232,10 +255,7 @@ fn happy_path_with_encryption_turned_on() {
 
 #[test]
 fn passcode_counts_down_with_time_and_goes_when_dismissed() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
+    let mut r = Rig::backing_up();
     r.ev(
         4,
         job(
@@ -254,9 +274,7 @@ fn passcode_counts_down_with_time_and_goes_when_dismissed() {
 
 #[test]
 fn encrypted_phone_goes_straight_to_backup_and_no_password_means_no_encryption_step() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
+    let mut r = Rig::connecting();
     assert_eq!(kinds(&r.ev(3, job(1, ident(true)))), ["backup1"]);
 
     let mut r = Rig::new(None);
@@ -273,58 +291,51 @@ fn encrypted_phone_goes_straight_to_backup_and_no_password_means_no_encryption_s
 }
 
 #[test]
-fn unknown_password_is_stored_raw_and_says_so() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
-    r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
-    assert_eq!(
-        kinds(&r.ev(5, job(1, verified(false)))),
-        ["log-end:ok-raw", "release1"]
-    );
-    assert!(r.ev(6, job(1, JobEvent::Unmounted)).is_empty());
-    assert_eq!(kind(&r.screen(6)), "stored-raw");
-    assert_eq!(r.m.state_name(), "done-raw");
-    assert_eq!(r.m.phones()[0].last_result.as_deref(), Some("ok-raw"));
-    // An unencrypted backup (no box password) is not "unknown password".
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(5, job(1, JobEvent::Received { files: 1, bytes: 1 }));
-    r.ev(
-        5,
-        job(
-            1,
-            JobEvent::Verified {
-                new_bytes: 1,
-                password_known: false,
-                encrypted: false,
-                snapshot: None,
-            },
+fn verified_backups_end_on_their_screen_only_after_unmount() {
+    let unencrypted = JobEvent::Verified {
+        new_bytes: 1,
+        password_known: false,
+        encrypted: false,
+        snapshot: None,
+    };
+    // (verified event, actions, screen, state, last result). An unknown password is stored raw
+    // and says so; an unencrypted backup (no box password) is not "unknown password".
+    let cases: [(JobEvent, [&str; 2], &str, &str, &str); 3] = [
+        (
+            verified(true),
+            ["log-end:ok", "release1"],
+            "done",
+            "done",
+            "ok",
         ),
-    );
-    r.ev(6, job(1, JobEvent::Unmounted));
-    assert_eq!(kind(&r.screen(6)), "done");
-}
-
-#[test]
-fn done_only_after_unmount() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
-    r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
-    r.ev(5, job(1, verified(true)));
-    assert_eq!(kind(&r.screen(5)), "verifying");
-    assert!(!r.m.safe_to_remove());
-    r.ev(6, job(1, JobEvent::Unmounted));
-    assert!(r.m.safe_to_remove());
-    assert_eq!(kind(&r.screen(6)), "done");
+        (
+            verified(false),
+            ["log-end:ok-raw", "release1"],
+            "stored-raw",
+            "done-raw",
+            "ok-raw",
+        ),
+        (
+            unencrypted,
+            ["log-end:ok", "release1"],
+            "done",
+            "done",
+            "ok",
+        ),
+    ];
+    for (event, acts, screen, state, result) in cases {
+        let mut r = Rig::received();
+        assert_eq!(kinds(&r.ev(5, job(1, event))), acts);
+        assert_eq!(kind(&r.screen(5)), "verifying");
+        assert!(!r.m.safe_to_remove());
+        assert!(r.ev(6, job(1, JobEvent::Unmounted)).is_empty());
+        assert!(r.m.safe_to_remove());
+        assert_eq!(kind(&r.screen(6)), screen);
+        assert_eq!(r.m.state_name(), state);
+        assert_eq!(r.m.phones()[0].last_result.as_deref(), Some(result));
+    }
     // An Unmounted before Verified means nothing.
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
+    let mut r = Rig::connecting();
     r.ev(3, job(1, JobEvent::Unmounted));
     assert_eq!(kind(&r.screen(3)), "found");
 }
@@ -347,9 +358,7 @@ fn failures_map_to_their_screens() {
         ),
     ];
     for (f, want) in cases {
-        let mut r = Rig::new(None);
-        started(&mut r);
-        r.ev(2, attach(U1));
+        let mut r = Rig::connecting();
         let code = f.code();
         let acts = kinds(&r.ev(3, job(1, JobEvent::Failed(f))));
         assert_eq!(acts, [format!("log-end:{code}"), "release".to_string()]);
@@ -368,8 +377,7 @@ fn failures_map_to_their_screens() {
 
 #[test]
 fn phone_unplugged_mid_backup_cancels_and_ignores_late_events() {
-    let mut r = Rig::new(None);
-    started(&mut r);
+    let mut r = Rig::ready();
     run(
         &mut r,
         &[
@@ -398,11 +406,7 @@ fn phone_unplugged_mid_backup_cancels_and_ignores_late_events() {
 
 #[test]
 fn phone_may_leave_once_everything_is_received() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
-    r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
+    let mut r = Rig::received();
     assert!(r.ev(5, detach(U1)).is_empty());
     assert_eq!(kind(&r.screen(5)), "saving");
     r.ev(6, job(1, verified(true)));
@@ -412,8 +416,7 @@ fn phone_may_leave_once_everything_is_received() {
 
 #[test]
 fn drive_removed_mid_backup_then_next_drive_retries_the_phone() {
-    let mut r = Rig::new(None);
-    started(&mut r);
+    let mut r = Rig::ready();
     run(
         &mut r,
         &[
@@ -443,14 +446,9 @@ fn drive_removed_mid_backup_then_next_drive_retries_the_phone() {
 
 #[test]
 fn drive_removed_while_idle_or_after_verify() {
-    let mut r = Rig::new(None);
-    started(&mut r);
+    let mut r = Rig::ready();
     run(&mut r, &[(2, Event::DriveRemoved, "no-drive", &[])]);
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
-    r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
+    let mut r = Rig::received();
     r.ev(5, job(1, verified(true)));
     // Verified and recorded before the pull: the backup counts.
     assert!(kinds(&r.ev(6, Event::DriveRemoved)).is_empty());
@@ -502,8 +500,7 @@ fn phone_before_drive_and_before_start_waits() {
 
 #[test]
 fn two_phones_take_turns() {
-    let mut r = Rig::new(None);
-    started(&mut r);
+    let mut r = Rig::ready();
     run(
         &mut r,
         &[
@@ -545,11 +542,7 @@ fn two_phones_take_turns() {
 
 #[test]
 fn a_finished_phone_is_not_backed_up_again_until_replugged() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
-    r.ev(4, job(1, JobEvent::Received { files: 1, bytes: 1 }));
+    let mut r = Rig::received();
     r.ev(5, job(1, verified(true)));
     r.ev(6, job(1, JobEvent::Unmounted));
     // Drive out and in again with the phone still there: no new job.
@@ -603,9 +596,7 @@ fn history_from_the_drive_fills_the_ready_screen_newest_first() {
 
 #[test]
 fn phone_names_are_clipped_and_cleaned() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
+    let mut r = Rig::connecting();
     r.ev(
         3,
         job(
@@ -623,10 +614,7 @@ fn phone_names_are_clipped_and_cleaned() {
 
 #[test]
 fn progress_figures_reach_the_screen() {
-    let mut r = Rig::new(None);
-    started(&mut r);
-    r.ev(2, attach(U1));
-    r.ev(3, job(1, ident(true)));
+    let mut r = Rig::backing_up();
     r.ev(
         4,
         job(

@@ -33,6 +33,14 @@ fn config() -> AgentConfig {
     }
 }
 
+/// `config()` with a notification hub for the agent to post to.
+fn config_with_hub(hub: Arc<NotificationHub>) -> AgentConfig {
+    AgentConfig {
+        notifications: Some(hub),
+        ..config()
+    }
+}
+
 fn agent_with(
     day: u32,
     password: Option<&str>,
@@ -78,6 +86,20 @@ fn backup(
 ) {
     let mut target = FolderTarget::open(root).unwrap();
     backup_into(agent, &mut target, force_full, host_config())
+}
+
+/// One backup that must succeed; returns the agent's report of it.
+fn backup_ok(agent: &Arc<BackupAgent>, root: &Path) -> RunReport {
+    backup(agent, root, false).0.expect("backup");
+    agent.last_report().expect("a report")
+}
+
+/// The phone's refusal code, or a panic saying what came instead.
+fn device_code<T: std::fmt::Debug>(host: Result<T, HostError>, what: &str) -> i64 {
+    match host {
+        Err(HostError::Device(f)) => f.code,
+        other => panic!("{what}: expected a device error, got {other:?}"),
+    }
 }
 
 fn backup_into(
@@ -201,45 +223,35 @@ fn full_then_incremental_encrypted() {
 fn empty_manifest_plist_means_full_and_password_change_means_full() {
     let tmp = tempfile::tempdir().unwrap();
     let (agent, enc) = agent_with(1, None, config());
-    backup(&agent, tmp.path(), false).0.unwrap();
+    backup_ok(&agent, tmp.path());
     assert_backup_is(tmp.path(), &agent.phone(), None);
     // What pymobiledevice3 leaves before a full backup: an empty Manifest.plist.
     let manifest = tmp.path().join(udid(&agent)).join("Manifest.plist");
     std::fs::write(&manifest, b"").unwrap();
-    backup(&agent, tmp.path(), false).0.unwrap();
-    let r = agent.last_report().unwrap();
+    let r = backup_ok(&agent, tmp.path());
     assert_eq!(r.kind, BackupKind::Full);
     assert!(r.full_reason.unwrap().contains("empty"));
     // Unchanged folder, unchanged phone: incremental with nothing to send.
-    backup(&agent, tmp.path(), false).0.unwrap();
-    let r = agent.last_report().unwrap();
+    let r = backup_ok(&agent, tmp.path());
     assert_eq!(
         (r.kind, r.files_uploaded),
         (BackupKind::Incremental, 0),
         "{r}"
     );
-    // Encryption turned on: the old backup does not open with the new keys.
-    enc.set_backup_password(Some(Password::new(PW)));
-    backup(&agent, tmp.path(), false).0.unwrap();
-    let r = agent.last_report().unwrap();
-    assert_eq!(r.kind, BackupKind::Full, "{r}");
-    assert_backup_is(tmp.path(), &agent.phone(), Some(PW));
-    // A different password: full again.
-    enc.set_backup_password(Some(Password::new("another one")));
-    backup(&agent, tmp.path(), false).0.unwrap();
-    let r = agent.last_report().unwrap();
-    assert_eq!(r.kind, BackupKind::Full, "{r}");
-    assert_backup_is(tmp.path(), &agent.phone(), Some("another one"));
+    // Encryption turned on: the old backup does not open with the new keys; a different
+    // password: full again.
+    for pw in [PW, "another one"] {
+        enc.set_backup_password(Some(Password::new(pw)));
+        let r = backup_ok(&agent, tmp.path());
+        assert_eq!(r.kind, BackupKind::Full, "{r}");
+        assert_backup_is(tmp.path(), &agent.phone(), Some(pw));
+    }
 }
 
 #[test]
 fn change_password_on_change_off() {
     let hub = Arc::new(NotificationHub::new());
-    let cfg = AgentConfig {
-        notifications: Some(hub),
-        ..config()
-    };
-    let (agent, enc) = agent_with(1, None, cfg);
+    let (agent, enc) = agent_with(1, None, config_with_hub(hub));
     let u = udid(&agent);
     let (mut s, t) = connect(&agent, host_config());
     let pw = |s: &str| Password::new(s);
@@ -247,10 +259,13 @@ fn change_password_on_change_off() {
         .unwrap();
     assert_eq!(enc.backup_password(), Some(pw("one")));
     // Wrong old password: refused with 207, nothing changes.
-    match s.change_password(&u, Some(&pw("wrong")), None, &mut |_| {}) {
-        Err(HostError::Device(f)) => assert_eq!(f.code, codes::INVALID_PASSWORD),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_eq!(
+        device_code(
+            s.change_password(&u, Some(&pw("wrong")), None, &mut |_| {}),
+            "wrong old password"
+        ),
+        codes::INVALID_PASSWORD
+    );
     // A new password without the old one, while encryption is on: refused.
     assert!(matches!(
         s.change_password(&u, None, Some(&pw("two")), &mut |_| {}),
@@ -333,10 +348,7 @@ fn not_enough_space_is_error_105() {
         free: 1000,
     };
     let (host, dev) = backup_into(&agent, &mut target, false, host_config());
-    match host {
-        Err(HostError::Device(f)) => assert_eq!(f.code, codes::NOT_ENOUGH_SPACE),
-        other => panic!("expected error 105, got {other:?}"),
-    }
+    assert_eq!(device_code(host, "cramped"), codes::NOT_ENOUGH_SPACE);
     dev.unwrap();
     assert!(matches!(
         agent.last_report().unwrap().outcome,
@@ -375,54 +387,46 @@ fn pulled_cable_mid_upload_is_a_disconnect() {
 #[test]
 fn malformed_frame_and_huge_lengths_are_protocol_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let (host, _) = backup(
-        &faulty(Fault::MalformedFrame {
-            at: FaultPoint::Start,
-        }),
-        tmp.path(),
-        false,
-    );
-    assert!(
-        matches!(
-            host,
-            Err(HostError::Protocol(ProtocolError::Frame(
-                FrameError::BadPlist(_)
-            )))
+    type Want = fn(&HostError) -> bool;
+    let cases: [(Fault, Want); 3] = [
+        (
+            Fault::MalformedFrame {
+                at: FaultPoint::Start,
+            },
+            |e| {
+                matches!(
+                    e,
+                    HostError::Protocol(ProtocolError::Frame(FrameError::BadPlist(_)))
+                )
+            },
         ),
-        "{host:?}"
-    );
-    let (host, _) = backup(
-        &faulty(Fault::HugeLength {
-            at: FaultPoint::Moves,
-        }),
-        tmp.path(),
-        false,
-    );
-    assert!(
-        matches!(
-            host,
-            Err(HostError::Protocol(ProtocolError::Frame(
-                FrameError::TooLong { .. }
-            )))
+        (
+            Fault::HugeLength {
+                at: FaultPoint::Moves,
+            },
+            |e| {
+                matches!(
+                    e,
+                    HostError::Protocol(ProtocolError::Frame(FrameError::TooLong { .. }))
+                )
+            },
         ),
-        "{host:?}"
-    );
-    let (host, _) = backup(
-        &faulty(Fault::HugeLength {
-            at: FaultPoint::Upload,
-        }),
-        tmp.path(),
-        false,
-    );
-    assert!(
-        matches!(
-            host,
-            Err(HostError::Protocol(ProtocolError::Stream(
-                StreamError::BlockTooLong { .. }
-            )))
+        (
+            Fault::HugeLength {
+                at: FaultPoint::Upload,
+            },
+            |e| {
+                matches!(
+                    e,
+                    HostError::Protocol(ProtocolError::Stream(StreamError::BlockTooLong { .. }))
+                )
+            },
         ),
-        "{host:?}"
-    );
+    ];
+    for (fault, want) in cases {
+        let (host, _) = backup(&faulty(fault), tmp.path(), false);
+        assert!(host.as_ref().is_err_and(want), "{host:?}");
+    }
 }
 
 #[test]
@@ -439,11 +443,7 @@ fn escaping_paths_are_refused_and_reported() {
     ] {
         let agent = faulty(Fault::BadPath { at, path });
         let (host, dev) = backup(&agent, &root, false);
-        let code = match host {
-            Err(HostError::Device(f)) => f.code,
-            other => panic!("{at:?}: expected a device error, got {other:?}"),
-        };
-        assert_ne!(code, 0);
+        assert_ne!(device_code(host, &format!("{at:?}")), 0);
         dev.unwrap();
         assert!(!escape.exists(), "{at:?}: a path escaped the backup root");
         // The refusal cleaned up the staging folder.
@@ -500,11 +500,7 @@ fn change_password_tells_observers() {
         write_frame(&mut host_np, &plist::Value::Dictionary(d), PlistFormat::Xml).unwrap();
     }
     assert!(hub.wait_for_observers(NOTIFY_DOMAIN_CHANGED, 1, Duration::from_secs(10)));
-    let cfg = AgentConfig {
-        notifications: Some(hub),
-        ..config()
-    };
-    let (agent, _) = agent_with(1, None, cfg);
+    let (agent, _) = agent_with(1, None, config_with_hub(hub));
     let (mut s, t) = connect(&agent, host_config());
     s.change_password(&udid(&agent), None, Some(&Password::new("pw")), &mut |_| {})
         .unwrap();

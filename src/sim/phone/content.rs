@@ -556,42 +556,11 @@ mod tests {
 
     #[test]
     fn media_headers_are_recognisable() {
-        let heic = read_all(
-            &Content(Gen::Media {
-                key: 1,
-                format: Media::Heic,
-            }),
-            5000,
-            999,
-        );
-        assert_eq!(&heic[4..12], b"ftypheic");
-        let jpg = read_all(
-            &Content(Gen::Media {
-                key: 1,
-                format: Media::Jpeg,
-            }),
-            5000,
-            999,
-        );
-        assert_eq!(&jpg[..3], &[0xFF, 0xD8, 0xFF]);
-        let png = read_all(
-            &Content(Gen::Media {
-                key: 1,
-                format: Media::Png,
-            }),
-            5000,
-            999,
-        );
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let short = read_all(
-            &Content(Gen::Media {
-                key: 1,
-                format: Media::Mov,
-            }),
-            10,
-            999,
-        );
-        assert_eq!(short.len(), 10);
+        let media = |format, len| read_all(&Content(Gen::Media { key: 1, format }), len, 999);
+        assert_eq!(&media(Media::Heic, 5000)[4..12], b"ftypheic");
+        assert_eq!(&media(Media::Jpeg, 5000)[..3], &[0xFF, 0xD8, 0xFF]);
+        assert_eq!(&media(Media::Png, 5000)[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(media(Media::Mov, 10).len(), 10);
     }
 
     #[test]
