@@ -1,15 +1,35 @@
 //! Benchmarks of the store's write path, printed as `name value unit` lines: `put_stream` on one
 //! core (chunk + hash + compress + seal + pack, in memory) for incompressible and SQLite-like data,
 //! and `read_stream`. Not a timed test: nothing here can fail on speed.
+//!
+//! `CRADLE_BENCH_MODE` selects the modes `scripts/bench store` drives (paths in environment
+//! variables, since cargo passes its own arguments):
+//! - `tree`: every regular file of `CRADLE_BENCH_TREE` through `put_stream` on one thread into the
+//!   repository at `CRADLE_BENCH_REPO` (created if missing); with `CRADLE_BENCH_PREV_TREE`, also
+//!   the bytes a file-level store would add (files new or different since that tree).
+//! - `stage_many`: stages (does not ingest) an unencrypted backup session of
+//!   `CRADLE_BENCH_FILES` tiny files, as a phone would send it.
+//! - `ingest`: ingests the staged sessions, then prints this process's peak RSS.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use cradle::backup2::target::{BackupPath, BackupTarget};
+use cradle::ios_backup::manifest_db::{ManifestDbWriter, ManifestRow};
+use cradle::ios_backup::mbfile::MbFile;
 use cradle::password::Password;
+use cradle::sim::backup::SimBackup;
+use cradle::sim::phone::{Phone, Profile};
+use cradle::store::ingest::recover_and_ingest;
 use cradle::store::keys::KdfParams;
 use cradle::store::repo::{InitOptions, Repository};
+use cradle::store::repo_target::RepoTarget;
 use cradle::store::seal::BlobKind;
-use cradle::store::storage::CrashStorage;
+use cradle::store::storage::{CrashStorage, LocalStorage};
+
+const BENCH_PASSWORD: &str = "bench password";
 
 const SIZE: usize = 128 << 20;
 
@@ -59,11 +79,247 @@ fn sqlite_like(n: usize) -> Vec<u8> {
     out
 }
 
+/// Peak resident set of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat (clock
+/// ticks of 1/100 s): on a shared machine, a fairer figure than wall time.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set")))
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn open_or_init(root: &Path) -> Repository {
+    std::fs::create_dir_all(root).expect("repository folder");
+    let storage = Arc::new(LocalStorage::new(root).expect("storage"));
+    let pw = Password::new(BENCH_PASSWORD);
+    match Repository::open(storage.clone(), &pw) {
+        Ok(r) => r,
+        Err(_) => {
+            let options = InitOptions {
+                kdf: KdfParams::INSECURE_FOR_TESTS,
+                ..InitOptions::default()
+            };
+            Repository::init(storage, &pw, &options).expect("init")
+        }
+    }
+}
+
+/// Regular files under `root`, sorted, as paths relative to it.
+fn tree_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let Ok(t) = e.file_type() else { continue };
+            let r = rel.join(e.file_name());
+            if t.is_dir() {
+                stack.push(r);
+            } else if t.is_file() {
+                out.push(r);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn mode_tree() {
+    let (tree, root) = (env_path("CRADLE_BENCH_TREE"), env_path("CRADLE_BENCH_REPO"));
+    let mut repo = open_or_init(&root);
+    let files = tree_files(&tree);
+    let before = dir_bytes(&root.join("packs"));
+    let (mut bytes, mut since_flush, mut flush_secs) = (0u64, 0u64, 0f64);
+    let t = Instant::now();
+    let cpu0 = cpu_secs();
+    for rel in &files {
+        let f = std::fs::File::open(tree.join(rel)).expect("open");
+        let st = repo
+            .put_stream(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                BlobKind::Data,
+            )
+            .expect("put");
+        bytes += st.length;
+        since_flush += st.length;
+        // As ingest does: packs made durable every 64 MiB of input.
+        if since_flush >= 64 << 20 {
+            let f = Instant::now();
+            repo.flush().expect("flush");
+            flush_secs += f.elapsed().as_secs_f64();
+            since_flush = 0;
+        }
+    }
+    let f = Instant::now();
+    repo.flush().expect("flush");
+    flush_secs += f.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let added = dir_bytes(&root.join("packs")) - before;
+    println!("tree_files {}", files.len());
+    println!("tree_bytes {bytes}");
+    println!("tree_secs {secs:.3}");
+    println!("tree_cpu_secs {cpu:.2}");
+    println!("tree_flush_secs {flush_secs:.2}");
+    println!("tree_mb_s {:.1}", bytes as f64 / 1e6 / secs);
+    println!(
+        "tree_mb_per_cpu_s {:.1}",
+        bytes as f64 / 1e6 / cpu.max(0.01)
+    );
+    println!("tree_pack_bytes_added {added}");
+    if let Some(prev) = std::env::var_os("CRADLE_BENCH_PREV_TREE").map(PathBuf::from) {
+        let changed: u64 = files
+            .iter()
+            .filter(|rel| std::fs::read(prev.join(rel)).ok() != std::fs::read(tree.join(rel)).ok())
+            .map(|rel| std::fs::metadata(tree.join(rel)).map_or(0, |m| m.len()))
+            .sum();
+        println!("tree_changed_file_bytes {changed}");
+    }
+    println!("peak_rss_kib {}", peak_rss_kib());
+}
+
+/// Stages an unencrypted backup of `CRADLE_BENCH_FILES` tiny distinct files (one app's
+/// thousands of folders of small records), with its Manifest.db, as a phone sends it.
+fn mode_stage_many() {
+    let root = env_path("CRADLE_BENCH_REPO");
+    let n: u64 = std::env::var("CRADLE_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_300_000);
+    let repo = open_or_init(&root);
+    let phone = Phone::new(1, Profile::Tiny, 1);
+    let sb = SimBackup::new(&phone, None).expect("sim backup");
+    let udid = phone.identity().udid.clone();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let db = scratch.path().join("Manifest.db");
+    let t = Instant::now();
+    let domain = "AppDomain-com.example.records";
+    let content = |i: u64| format!("record {i}: {}\n", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut w = ManifestDbWriter::create(&db).expect("Manifest.db");
+    for i in 0..n {
+        let path = format!("Library/Records/{:04}/{i}.rec", i / 1000);
+        let file = MbFile {
+            relative_path: path,
+            target: None,
+            size: content(i).len() as u64,
+            mode: 0o100644,
+            inode: 100_000 + i,
+            user_id: 501,
+            group_id: 501,
+            birth: 1_700_000_000,
+            last_modified: 1_700_000_000,
+            last_status_change: 1_700_000_000,
+            protection_class: 3,
+            flags: 0,
+            encryption_key: None,
+            digest: None,
+            extended_attributes: None,
+        };
+        w.insert(&ManifestRow::new(domain, file)).expect("row");
+    }
+    w.finish().expect("Manifest.db");
+    println!("stage_manifest_db_secs {:.1}", t.elapsed().as_secs_f64());
+    let mut target = RepoTarget::start(&repo, &udid, false).expect("session");
+    let bp = |s: &str| BackupPath::parse(s).expect("path");
+    target.create_dir_all(&bp(&udid)).expect("dir");
+    for x in 0..256 {
+        target
+            .create_dir_all(&bp(&format!("{udid}/{x:02x}")))
+            .expect("dir");
+    }
+    for i in 0..n {
+        let id = cradle::ios_backup::file_id(
+            domain,
+            &format!("Library/Records/{:04}/{i}.rec", i / 1000),
+        );
+        let mut sink = target
+            .create_file(&bp(&format!("{udid}/{}/{id}", &id[..2])))
+            .expect("create");
+        sink.write_all(content(i).as_bytes()).expect("write");
+        sink.commit().expect("commit");
+    }
+    let tops = [
+        ("Manifest.db", std::fs::read(&db).expect("read")),
+        ("Manifest.plist", sb.manifest_plist().to_bytes()),
+        ("Status.plist", sb.status_plist(true).to_bytes()),
+        ("Info.plist", sb.info_plist().to_xml()),
+    ];
+    for (name, bytes) in tops {
+        let mut sink = target
+            .create_file(&bp(&format!("{udid}/{name}")))
+            .expect("create");
+        sink.write_all(&bytes).expect("write");
+        sink.commit().expect("commit");
+    }
+    target.finish().expect("done");
+    println!("stage_files {n}");
+    println!("stage_secs {:.1}", t.elapsed().as_secs_f64());
+    println!("stage_peak_rss_kib {}", peak_rss_kib());
+}
+
+fn mode_ingest() {
+    let root = env_path("CRADLE_BENCH_REPO");
+    let rss0 = peak_rss_kib();
+    let mut repo = open_or_init(&root);
+    let t = Instant::now();
+    let reports = recover_and_ingest(&mut repo, None).expect("ingest");
+    println!("ingest_sessions {}", reports.len());
+    for r in &reports {
+        println!("ingest_files {}", r.files_ingested);
+    }
+    println!("ingest_secs {:.1}", t.elapsed().as_secs_f64());
+    println!("ingest_peak_rss_kib {}", peak_rss_kib());
+    println!("ingest_start_rss_kib {rss0}");
+}
+
 fn main() {
     // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
         println!("store benchmarks: run with `cargo bench --bench store`");
         return;
+    }
+    match std::env::var("CRADLE_BENCH_MODE").as_deref() {
+        Ok("tree") => return mode_tree(),
+        Ok("stage_many") => return mode_stage_many(),
+        Ok("ingest") => return mode_ingest(),
+        _ => {}
     }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
@@ -82,9 +338,15 @@ fn main() {
         let mut repo = Repository::init(Arc::new(storage.clone()), &Password::new("b"), &options)
             .expect("init");
         let t = Instant::now();
+        let cpu0 = cpu_secs();
         let st = repo.put_stream(&data[..], BlobKind::Data).expect("put");
         repo.flush().expect("flush");
         let secs = t.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu0;
+        println!(
+            "put_stream_{name}_per_cpu_s {:.0} MB/s",
+            data.len() as f64 / 1e6 / cpu.max(0.01)
+        );
         let stored: u64 = storage
             .file_names()
             .iter()

@@ -919,6 +919,62 @@ impl ManifestDbWriter {
         })
     }
 
+    /// Opens a database this writer made earlier to change it in place, inside one transaction
+    /// (as a phone keeps its Manifest.db between backups: changed rows are rewritten where they
+    /// are, new ones appended, so only a few pages change).
+    pub fn reopen(path: impl AsRef<Path>) -> Result<Self, ManifestWriteError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| ManifestWriteError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
+        conn.execute_batch("PRAGMA journal_mode = DELETE; BEGIN;")
+            .map_err(err)?;
+        Ok(ManifestDbWriter {
+            conn,
+            path,
+            rows: 0,
+        })
+    }
+
+    /// Rewrites the `flags` and `file` columns of `row`'s existing row (matched by fileID).
+    pub fn update(&mut self, row: &ManifestRow) -> Result<(), ManifestWriteError> {
+        row.validate()
+            .map_err(|source| ManifestWriteError::InvalidRow {
+                path: self.path.clone(),
+                file_id: row.file_id.clone(),
+                source,
+            })?;
+        self.conn
+            .prepare_cached("UPDATE Files SET flags = ?2, file = ?3 WHERE fileID = ?1")
+            .and_then(|mut st| {
+                st.execute(params![
+                    row.file_id,
+                    i64::from(row.flags),
+                    row.file.encode()
+                ])
+            })
+            .map(|_| ())
+            .map_err(|source| ManifestWriteError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Deletes the row of `file_id` (nothing if there is none).
+    pub fn delete(&mut self, file_id: &str) -> Result<(), ManifestWriteError> {
+        self.conn
+            .prepare_cached("DELETE FROM Files WHERE fileID = ?1")
+            .and_then(|mut st| st.execute(params![file_id]))
+            .map(|_| ())
+            .map_err(|source| ManifestWriteError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Validates `row` (as the reader would) and inserts it with its MBFile encoded.
     pub fn insert(&mut self, row: &ManifestRow) -> Result<(), ManifestWriteError> {
         row.validate()

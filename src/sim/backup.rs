@@ -225,18 +225,16 @@ impl<'p> SimBackup<'p> {
     }
 
     /// Writes Manifest.db (encrypted with the ManifestKey and padded, when encrypted) to `path`.
-    /// Rows are written in the phone's entry order, so the same phone gives the same bytes.
+    /// Day 1's rows are written in the phone's entry order; each later day changes that
+    /// database in place as a phone does (changed rows rewritten, removed ones deleted, new
+    /// ones appended), so the same phone and day give the same bytes and a day changes only a
+    /// few pages of the day before.
     pub fn write_manifest_db(&self, path: &Path) -> Result<(), SimBackupError> {
         let plain_path = match &self.keys {
             None => path.to_path_buf(),
             Some(_) => path.with_extension("plain-tmp"),
         };
-        let _ = fs::remove_file(&plain_path);
-        let mut w = ManifestDbWriter::create(&plain_path)?;
-        for e in self.phone.entries() {
-            w.insert(&self.row(e)?)?;
-        }
-        w.finish()?;
+        self.write_plain_manifest_db(&plain_path)?;
         if let Some(keys) = &self.keys {
             let src = fs::File::open(&plain_path).map_err(io_err(&plain_path))?;
             let dst = fs::File::create(path).map_err(io_err(path))?;
@@ -248,6 +246,45 @@ impl<'p> SimBackup<'p> {
                 })?;
             dst.flush().map_err(io_err(path))?;
             fs::remove_file(&plain_path).map_err(io_err(&plain_path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the plaintext Manifest.db (the rows carry wrapped keys when the backup is
+    /// encrypted) to `plain_path`, replacing any file there: what a host holds after decrypting
+    /// it, and what the snapshot repository stores.
+    pub fn write_plain_manifest_db(&self, plain_path: &Path) -> Result<(), SimBackupError> {
+        let _ = fs::remove_file(plain_path);
+        let (seed, profile) = (self.phone.seed(), self.phone.profile());
+        let mut prev = if self.phone.day() == 1 {
+            self.phone.clone()
+        } else {
+            Phone::new(seed, profile, 1)
+        };
+        let mut w = ManifestDbWriter::create(plain_path)?;
+        for e in prev.entries() {
+            w.insert(&self.row(e)?)?;
+        }
+        w.finish()?;
+        for day in 2..=self.phone.day() {
+            let cur = if day == self.phone.day() {
+                self.phone.clone()
+            } else {
+                Phone::new(seed, profile, day)
+            };
+            let diff = cur.diff(&prev);
+            let mut w = ManifestDbWriter::reopen(plain_path)?;
+            for e in &diff.removed {
+                w.delete(&e.file_id())?;
+            }
+            for (_, e) in &diff.modified {
+                w.update(&self.row(e)?)?;
+            }
+            for e in &diff.added {
+                w.insert(&self.row(e)?)?;
+            }
+            w.finish()?;
+            prev = cur;
         }
         Ok(())
     }

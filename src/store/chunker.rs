@@ -98,6 +98,9 @@ impl Cutter {
     }
 }
 
+/// First size of a chunker's buffer; it doubles as a stream needs, up to four `max` windows.
+const FIRST_BUF: usize = 64 * 1024;
+
 /// Cuts a byte stream pulled from a reader. Produces exactly the boundaries of
 /// `v2020::StreamCDC::with_level_and_seed(.., Normalization::Level1, seed)`.
 pub struct Chunker<R> {
@@ -116,8 +119,10 @@ impl<R: Read> Chunker<R> {
         let cutter = Cutter::new(params, seed);
         Chunker {
             source,
-            // Four windows: the unread tail (< max) is moved to the front once per ~3 windows.
-            buf: vec![0u8; 4 * cutter.max()],
+            // Grows on demand up to four windows (the unread tail, < max, is then moved to the
+            // front once per ~3 windows): most phone files are far smaller than one window, and
+            // zeroing four windows per stream cost more than chunking them.
+            buf: Vec::new(),
             cutter,
             start: 0,
             end: 0,
@@ -135,6 +140,10 @@ impl<R: Read> Chunker<R> {
                 self.start = 0;
             }
             while self.end - self.start < max && !self.eof {
+                if self.end == self.buf.len() {
+                    let grown = (self.buf.len() * 2).max(FIRST_BUF).min(4 * max);
+                    self.buf.resize(grown, 0);
+                }
                 match self.source.read(&mut self.buf[self.end..]) {
                     Ok(0) => self.eof = true,
                     Ok(n) => self.end += n,

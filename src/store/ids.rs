@@ -72,6 +72,33 @@ macro_rules! define_id {
     };
 }
 
+/// Hashes a `ChunkId` by its first eight bytes. ChunkIds are keyed BLAKE3 outputs, uniform and
+/// unpredictable without the repository's key, so no one can aim collisions at a map of them;
+/// SipHash over 32 bytes was a tenth of the ingest's CPU time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkIdHasher(u64);
+
+impl std::hash::Hasher for ChunkIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(b);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix of the id's bytes: the same for every id.
+        self.0 ^= n as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The hasher of maps and sets keyed by `ChunkId`.
+pub type BuildChunkIdHasher = std::hash::BuildHasherDefault<ChunkIdHasher>;
+
 define_id!(
     /// A repository's identity, random at `init`; stored in `config.1` and in every key file.
     RepoId, 32

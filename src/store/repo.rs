@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::caps::{CONFIG_FILE_MAX, KEY_FILES_MAX, KEY_FILE_LEN, STREAM_DIRECT_MAX};
 use super::chunker::{Chunker, ChunkerParams, Cutter, NORMALIZATION_LEVEL};
 use super::codec::{DecodeError, Reader};
-use super::ids::{ChunkId, KeyId, PackId, RepoId, SnapshotId};
+use super::ids::{BuildChunkIdHasher, ChunkId, KeyId, PackId, RepoId, SnapshotId};
 use super::index::Index;
 use super::keys::{self, KdfParams, KeyError, Keys, MasterSecret};
 use super::pack::{self, BlobLoc, FinishedPack, PackError, PackWriter, ZSTD_LEVEL};
@@ -285,7 +285,7 @@ struct WriteState {
     data: Option<PackWriter>,
     meta: Option<PackWriter>,
     /// Chunks written to packs not yet finished.
-    pending: HashSet<ChunkId>,
+    pending: HashSet<ChunkId, BuildChunkIdHasher>,
     /// Packs finished since the last `flush` returned them.
     finished: Vec<FinishedPack>,
     compressor: Option<zstd::bulk::Compressor<'static>>,
@@ -355,7 +355,7 @@ pub struct Repository {
     keys: Keys,
     config: Config,
     key_id: KeyId,
-    chunks: HashMap<ChunkId, ChunkLoc>,
+    chunks: HashMap<ChunkId, ChunkLoc, BuildChunkIdHasher>,
     damaged: Vec<PackError>,
     index: Option<Index>,
     write: WriteState,
@@ -625,13 +625,13 @@ impl Repository {
             keys,
             config,
             key_id,
-            chunks: HashMap::new(),
+            chunks: HashMap::default(),
             damaged: Vec::new(),
             index: None,
             write: WriteState {
                 data: None,
                 meta: None,
-                pending: HashSet::new(),
+                pending: HashSet::default(),
                 finished: Vec::new(),
                 compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
                 scratch: Vec::new(),

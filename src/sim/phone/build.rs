@@ -16,6 +16,31 @@ const DAY: i64 = 86_400;
 /// 2026-01-01T00:00:00Z: the earliest day 1; each seed moves it forward by up to a year.
 const EPOCH_2026: i64 = 1_767_225_600;
 const MOBILE: u32 = 501;
+/// Seed of the content phones share with each other whatever their own seed: what apps
+/// download after install (the same bytes on every phone with the app), the model's default
+/// wallpaper, pictures forwarded around group chats. Rich profiles only, so two phones on one
+/// drive hold a realistic set of identical files.
+pub(crate) const SHARED_CONTENT_SEED: u64 = 0x5A4E_D0C0_17E7_0001;
+/// Pictures in the shared pool that messengers and Messages draw from.
+const SHARED_MEDIA_POOL: u64 = 150;
+/// Leaves a big database rewrites on a light day (plus at most one appended).
+const LIGHT_DAY_LEAVES: u64 = 3;
+/// Databases of at least this many leaves count as big on light days; smaller ones rest.
+const BIG_DB_LEAVES: u32 = 1_000;
+
+/// A value-stable key of a string (bundle ids), for content that must not depend on the seed.
+fn str_key(s: &str) -> u64 {
+    let parts: Vec<u64> = s
+        .as_bytes()
+        .chunks(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect();
+    hash(&parts)
+}
 
 /// Size knobs per profile.
 pub(crate) struct Params {
@@ -42,6 +67,9 @@ pub(crate) struct Params {
     rich: bool,
     /// Multiplier of each day's changes.
     daily: u64,
+    /// Later days change only a few files and a few pages of the big databases (a phone left
+    /// alone for a day; the premise of the deduplication tests and benchmarks).
+    light_days: bool,
 }
 
 pub(crate) fn params(p: Profile) -> Params {
@@ -66,6 +94,7 @@ pub(crate) fn params(p: Profile) -> Params {
             keychain_bytes: 6_000,
             rich: false,
             daily: 1,
+            light_days: false,
         },
         Profile::Small => Params {
             home_prefs: 90,
@@ -87,6 +116,7 @@ pub(crate) fn params(p: Profile) -> Params {
             keychain_bytes: 60_000,
             rich: true,
             daily: 1,
+            light_days: false,
         },
         Profile::Medium => Params {
             home_prefs: 250,
@@ -108,6 +138,7 @@ pub(crate) fn params(p: Profile) -> Params {
             keychain_bytes: 250_000,
             rich: true,
             daily: 2,
+            light_days: true,
         },
         Profile::Large => Params {
             home_prefs: 480,
@@ -130,6 +161,7 @@ pub(crate) fn params(p: Profile) -> Params {
             keychain_bytes: 600_000,
             rich: true,
             daily: 4,
+            light_days: false,
         },
     }
 }
@@ -436,6 +468,24 @@ impl Builder {
         (text_pct, table): (u8, &'static str),
         a: Attrs,
     ) -> usize {
+        let activity = if self.p.light_days {
+            if leaves >= BIG_DB_LEAVES {
+                // A few rows updated or inserted: SQLite rewrites a few leaves.
+                Activity {
+                    daily_pct: activity.daily_pct,
+                    change_ppm: u32::try_from(LIGHT_DAY_LEAVES * 1_000_000 / u64::from(leaves))
+                        .unwrap_or(1),
+                    grow_max: 1,
+                }
+            } else {
+                Activity {
+                    daily_pct: 0,
+                    ..activity
+                }
+            }
+        } else {
+            activity
+        };
         let spec = DbSpec {
             key: self.key(),
             leaves0: leaves.max(1),
@@ -578,8 +628,14 @@ impl Builder {
             self.small_db(h, path);
         }
         // The lock screen wallpaper: raw pixels, stored twice with identical bytes.
+        let own = self.key();
         let px = Gen::Binary {
-            key: self.key(),
+            // Rich phones keep the model's default wallpaper: the same on every phone.
+            key: if self.p.rich {
+                hash(&[SHARED_CONTENT_SEED, 0x3A11])
+            } else {
+                own
+            },
             mask: 0x3F,
             zero_pct: 8,
         };
@@ -782,6 +838,10 @@ impl Builder {
             }
         };
         let n = self.rng.range(1000, 9999);
+        let copy = match copy {
+            None if self.p.rich && self.rng.percent(25) => Some(self.shared_picture()),
+            c => c,
+        };
         let (size, content) = match copy {
             Some(c) => c,
             None => (
@@ -1246,7 +1306,8 @@ impl Builder {
                 "Library/Application Support/Fonts/Inter-Regular.ttf",
                 310_000,
                 Gen::Binary {
-                    key: hash(&[self.seed, 0x5D2]),
+                    // A font file is the same on every phone.
+                    key: hash(&[SHARED_CONTENT_SEED, 0x5D2]),
                     mask: 0xFF,
                     zero_pct: 15,
                 },
@@ -1333,6 +1394,9 @@ impl Builder {
                     self.container_skeleton(pd);
                     self.pref(pd, &format!("Library/Preferences/{pb}.plist"));
                 }
+            }
+            if self.p.rich {
+                self.app_assets(d, bundle, &short);
             }
             self.app_payload(d, data_domain, &short, *kind, files);
             self.apps.push(InstalledApp {
@@ -1479,13 +1543,57 @@ impl Builder {
             self.rng.below(16),
             uuid(&mut self.rng).to_lowercase()
         );
-        let size = self.media_size(30_000, 250_000);
-        let g = Gen::Media {
-            key: self.key(),
-            format: Media::Jpeg,
+        let (size, g) = if self.p.rich && self.rng.percent(30) {
+            self.shared_picture()
+        } else {
+            let size = self.media_size(30_000, 250_000);
+            let g = Gen::Media {
+                key: self.key(),
+                format: Media::Jpeg,
+            };
+            (size, g)
         };
         let times = times.unwrap_or_else(|| self.past_times());
         self.file_at(domain, &name, size, g, attrs(0o100644, 3), times)
+    }
+
+    /// A picture from the pool every phone's chats draw from (size and bytes from the shared
+    /// seed; which one from this phone's generator).
+    fn shared_picture(&mut self) -> (u64, Gen) {
+        let idx = self.rng.below(SHARED_MEDIA_POOL);
+        let mut r = Rng::from_parts(&[SHARED_CONTENT_SEED, 0x9E11, idx]);
+        let size = (r.log_uniform(40_000, 400_000) * self.p.media_pct / 100).max(1024);
+        let g = Gen::Media {
+            key: r.next_u64(),
+            format: Media::Jpeg,
+        };
+        (size, g)
+    }
+
+    /// What an app downloads after install (ML models, sticker packs): named, sized and
+    /// filled from the shared seed and the bundle id, so every phone with the app has the
+    /// same files.
+    fn app_assets(&mut self, d: u32, bundle: &str, short: &str) {
+        let mut r = Rng::from_parts(&[SHARED_CONTENT_SEED, str_key(bundle)]);
+        for k in 0..r.range(1, 3) {
+            let size = (r.log_uniform(60_000, 3_000_000) * self.p.media_pct / 100).max(4096);
+            let (name, g) = if r.percent(50) {
+                let g = Gen::Binary {
+                    key: r.next_u64(),
+                    mask: 0xFF,
+                    zero_pct: 5,
+                };
+                (format!("model-{k}.bin"), g)
+            } else {
+                let g = Gen::Media {
+                    key: r.next_u64(),
+                    format: Media::Png,
+                };
+                (format!("stickers-{k}.png"), g)
+            };
+            let path = format!("Library/Application Support/{short}/Assets/{name}");
+            self.file(d, &path, size, g, PLAIN);
+        }
     }
 
     /// Files with names that exercise every path-handling layer (Files app storage).
@@ -1580,8 +1688,29 @@ impl Builder {
         }
     }
 
+    /// A light day: one photo, one preference rewritten, every other day an app file gone;
+    /// the big databases change a few leaves by themselves (see [`Builder::db`]).
+    fn light_day(&mut self, day: u32) {
+        let t = self.change_times(day);
+        let g = self.take_photo(t);
+        self.photos.push(g);
+        if !self.plists.is_empty() {
+            let i = *self.rng.pick(&self.plists);
+            self.rewrite(i, day);
+        }
+        if day % 2 == 1 && !self.ephemeral.is_empty() {
+            let k = self.rng.below(self.ephemeral.len() as u64) as usize;
+            let i = self.ephemeral.swap_remove(k);
+            self.remove(i);
+        }
+    }
+
     fn mutate(&mut self, day: u32) {
         self.rng = Rng::from_parts(&[self.seed, u64::from(day), 0xDA7]);
+        if self.p.light_days {
+            self.light_day(day);
+            return;
+        }
         let daily = self.p.daily;
         // New photos (at least one: every day brings something new).
         for _ in 0..self.rng.range(1, 2 * daily) {
