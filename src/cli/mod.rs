@@ -6,12 +6,18 @@ use std::process::ExitCode;
 
 mod backup;
 mod backup_folder;
+mod check;
 mod daemon;
 mod demo;
 mod display;
+mod index;
+mod opsutil;
 mod password;
+mod prune;
 mod repo;
+mod repo_keys;
 mod sim;
+mod stats;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,11 +54,28 @@ pub enum Command {
     /// The simulated iPhone: a deterministic synthetic phone for tests and the demo.
     #[command(subcommand)]
     Sim(sim::SimCommand),
-    /// Backup passwords sealed on the box (per phone, or the box default).
+    /// Backup passwords sealed on the box (per phone, or the box default); `add`, `change`,
+    /// `list` manage the passwords (key files) of a repository.
     #[command(subcommand)]
     Password(password::PasswordCommand),
     #[command(flatten)]
     Repo(repo::RepoCommand),
+    /// Verify a repository: structure, and with --read-data every blob. Exit 0 clean, 1
+    /// problems (naming damaged snapshots and files), 2 could not run.
+    Check(check::CheckArgs),
+    /// Per device: logical size of the latest and of all snapshots, bytes stored, dedup ratio.
+    Stats(stats::StatsArgs),
+    /// Forget snapshots by retention policy (per device) and remove the data no one uses.
+    Prune(prune::PruneArgs),
+    /// Keep a snapshot whatever the retention policy says.
+    Pin(prune::PinArgs),
+    /// Remove a snapshot's pin.
+    Unpin(prune::UnpinArgs),
+    /// List pinned snapshots.
+    Pins(prune::PinsArgs),
+    /// The repository's index (a rebuildable cache).
+    #[command(subcommand)]
+    Index(index::IndexCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -81,5 +104,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(c) => sim::run(c),
         Command::Password(c) => password::run(c),
         Command::Repo(c) => repo::run(c),
+        Command::Check(a) => check::run(a),
+        Command::Stats(a) => stats::run(a),
+        Command::Prune(a) => prune::run_prune(a),
+        Command::Pin(a) => prune::run_pin(a),
+        Command::Unpin(a) => prune::run_unpin(a),
+        Command::Pins(a) => prune::run_pins(a),
+        Command::Index(c) => index::run(c),
     }
 }

@@ -36,6 +36,9 @@ pub enum PasswordCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The repository's own passwords (key files): add, change, list with --repo.
+    #[command(flatten)]
+    Repo(super::repo_keys::RepoPasswordCommand),
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +95,7 @@ impl StoreArgs {
 
 pub fn run(cmd: PasswordCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PasswordCommand::Repo(c) => super::repo_keys::run(c),
         PasswordCommand::Set {
             slot,
             password_file,

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use cradle::ios_backup::folder::{BackupFolder, Filter};
 use cradle::ios_backup::mbfile::MbFile;
 use cradle::password::{resolve_password, Password};
-use cradle::store::export::export;
+use cradle::store::export::{export, export_skipping_damaged};
 use cradle::store::ids::SnapshotId;
 use cradle::store::repo::{InitOptions, RepoError, Repository};
 use cradle::store::snapshot::{SnapshotKind, SnapshotRecord};
@@ -368,7 +368,11 @@ pub fn run(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                 .prefix("cradle-extract-")
                 .tempdir()
                 .context("local temporary space")?;
-            export(&r, &rec, tmp.path())?;
+            // A damaged data file is left out of the export; the others still extract.
+            let (_, damaged) = export_skipping_damaged(&r, &rec, tmp.path())?;
+            for (file, why) in &damaged {
+                eprintln!("warning: {file} is damaged and cannot be extracted: {why}");
+            }
             let folder = BackupFolder::open(&tmp.path().join(&rec.device.udid))?;
             let open = if folder.is_encrypted() {
                 let keys = folder

@@ -306,6 +306,41 @@ pub fn export(
     record: &SnapshotRecord,
     out: &Path,
 ) -> Result<ExportStats, ExportError> {
+    export_inner(repo, record, out, None)
+}
+
+/// Like `export`, but a data file whose content cannot be read (a chunk missing or damaged) is
+/// left out and listed (`domain/relativePath`, and why) instead of ending the export, so the
+/// rest of a damaged snapshot still exports (format.md §16).
+pub fn export_skipping_damaged(
+    repo: &Repository,
+    record: &SnapshotRecord,
+    out: &Path,
+) -> Result<(ExportStats, Vec<(String, String)>), ExportError> {
+    let mut damaged = Vec::new();
+    let st = export_inner(repo, record, out, Some(&mut damaged))?;
+    Ok((st, damaged))
+}
+
+/// A read error that is damage to the repository's data rather than the drive failing.
+fn is_data_damage(e: &ExportError) -> bool {
+    use super::pack::PackProblem;
+    match e {
+        ExportError::Repo(RepoError::ChunkMissing(_) | RepoError::BadStream(_)) => true,
+        ExportError::Repo(RepoError::Pack(p)) => match &p.problem {
+            PackProblem::Storage(s) => s.is_not_found(),
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
+fn export_inner(
+    repo: &Repository,
+    record: &SnapshotRecord,
+    out: &Path,
+    mut damaged: Option<&mut Vec<(String, String)>>,
+) -> Result<ExportStats, ExportError> {
     prepare_out(out)?;
     let keys = SnapshotKeys::for_record(repo, record)?;
     let root = out.join(&record.device.udid);
@@ -332,9 +367,20 @@ pub fn export(
         if !dir.is_dir() {
             mk(&dir)?;
         }
-        write_file(&dir.join(&id), &mut stats, |w| {
-            write_entry(repo, &keys, &e, w)
-        })?;
+        let path = dir.join(&id);
+        let res = write_file(&path, &mut stats, |w| write_entry(repo, &keys, &e, w));
+        match (res, damaged.as_deref_mut()) {
+            (Ok(()), _) => {}
+            (Err(err), Some(list)) if is_data_damage(&err) => {
+                let _ = fs::remove_file(&path);
+                let name = match &e.row {
+                    Some(r) => format!("{}/{}", r.domain, r.relative_path),
+                    None => format!("(no row)/{id}"),
+                };
+                list.push((name, err.to_string()));
+            }
+            (Err(err), _) => return Err(err),
+        }
     }
     Ok(stats)
 }

@@ -42,6 +42,7 @@
 //!   next writer's recovery deletes; everything flushed before stays readable.
 
 pub mod caps;
+pub mod check;
 pub mod chunker;
 pub mod codec;
 pub mod export;
@@ -49,14 +50,18 @@ pub mod ids;
 pub mod index;
 pub mod ingest;
 pub mod journal;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+pub mod prune;
 pub mod repo;
 pub mod repo_target;
 pub mod seal;
 pub mod snapshot;
 pub mod staging;
+pub mod stats;
 pub mod storage;
 pub mod stream;
 pub mod table;
+pub mod walk;

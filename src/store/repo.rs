@@ -487,8 +487,11 @@ impl Repository {
         };
         let indexed: HashSet<PackId> = idx.packs()?.into_iter().collect();
         let on_drive: HashSet<PackId> = self.list_packs()?.into_iter().collect();
-        for gone in indexed.difference(&on_drive) {
-            idx.remove_pack(gone)?;
+        if indexed.difference(&on_drive).next().is_some() {
+            // Packs vanished (prune, or damage): a chunk they held may also be in a surviving
+            // pack (a repack's copy), which the index does not list since it keeps one location
+            // per chunk. Rebuild rather than lose that copy.
+            return self.rebuild_index();
         }
         let indexed_snaps: HashSet<SnapshotId> = idx.snapshots()?.into_iter().collect();
         let snaps: HashSet<SnapshotId> = self.list_snapshots()?.into_iter().collect();
