@@ -8,13 +8,13 @@
 
 mod common;
 
-use common::{assert_trees_equal, read_tree, run_with_timeout, Output};
+use common::serve::Serve as Server;
+use common::{assert_trees_equal, read_tree, run_with_timeout, s, Output};
 use cradle::sim::phone::{Phone, Profile};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const PROFILE: Profile = Profile::Tiny;
 /// Keybag rounds of the simulated phone: the protocol is under test, not the KDF.
@@ -23,32 +23,12 @@ const LIMIT: Duration = Duration::from_secs(180);
 const PASSWORD: &str = "cli backup password";
 
 fn cradle(args: &[&str]) -> Output {
-    let mut c = common::cradle();
-    c.args(args);
-    run_with_timeout(c, LIMIT)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::run_cradle(args, LIMIT)
 }
 
 /// `cradle sim tree` of that day.
 fn phone_tree(tmp: &Path, seed: u64, day: u32) -> BTreeMap<String, common::TreeEntry> {
-    let out = tmp.join(format!("tree-{seed}-{day}"));
-    let o = cradle(&[
-        "sim",
-        "tree",
-        "--seed",
-        &seed.to_string(),
-        "--profile",
-        PROFILE.name(),
-        "--day",
-        &day.to_string(),
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.success, "sim tree: {}", o.stderr);
-    read_tree(&out)
+    common::sim_tree(tmp, PROFILE.name(), seed, day, LIMIT)
 }
 
 /// Decrypts a backup folder with `cradle backup-folder extract` into a fresh folder.
@@ -133,59 +113,27 @@ fn sim_report(stderr: &str) -> (String, u64) {
 
 /// `cradle sim serve` as a process.
 struct Serve {
-    child: Child,
+    server: Server,
     udid: String,
     addr: String,
 }
 
 impl Serve {
     fn start(state: &Path, seed: u64, day: u32, extra: &[&str]) -> Serve {
-        let mut child = common::cradle()
-            .args(["sim", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--profile", PROFILE.name(), "--dpic", DPIC])
-            .args(["--seed", &seed.to_string(), "--day", &day.to_string()])
-            .arg("--state-dir")
-            .arg(state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cradle sim serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        if line.is_empty() {
-            let _ = child.kill();
-            panic!("cradle sim serve did not print its ready line");
-        }
-        let field = |pre: &str, end: char| {
-            let i = line.find(pre).unwrap() + pre.len();
-            line[i..].split(end).next().unwrap().to_string()
-        };
+        let (seed, day) = (seed.to_string(), day.to_string());
+        let mut args = vec!["--profile", PROFILE.name(), "--dpic", DPIC];
+        args.extend(["--seed", &seed, "--day", &day, "--state-dir", s(state)]);
+        args.extend_from_slice(extra);
+        let server = Server::start(args);
         Serve {
-            udid: field("serving UDID ", ' '),
-            addr: field("USBMUXD_SOCKET_ADDRESS=", ')'),
-            child,
+            udid: server.udid.clone(),
+            addr: server.addr.clone(),
+            server,
         }
     }
 
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("cradle sim serve ignored SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn stop(self) {
+        self.server.stop();
     }
 }
 

@@ -8,10 +8,11 @@
 
 mod common;
 
-use common::{assert_trees_equal, read_tree, run_with_timeout, Output, TreeEntry};
+use common::serve::Serve;
+use common::{assert_trees_equal, read_tree, run_with_timeout, s, Output, TreeEntry};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PROFILE: &str = "tiny";
@@ -20,13 +21,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 const PASSWORD: &str = "repo e2e password";
 
 fn cradle(args: &[&str]) -> Output {
-    let mut c = common::cradle();
-    c.args(args);
-    run_with_timeout(c, LIMIT)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::run_cradle(args, LIMIT)
 }
 
 struct Repo {
@@ -163,21 +158,7 @@ fn backup_files(dir: &Path) -> BTreeMap<String, TreeEntry> {
 }
 
 fn sim_tree(tmp: &Path, seed: u64, day: u32) -> BTreeMap<String, TreeEntry> {
-    let out = tmp.join(format!("tree-{seed}-{day}"));
-    let o = cradle(&[
-        "sim",
-        "tree",
-        "--seed",
-        &seed.to_string(),
-        "--profile",
-        PROFILE,
-        "--day",
-        &day.to_string(),
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.success, "sim tree: {o:?}");
-    read_tree(&out)
+    common::sim_tree(tmp, PROFILE, seed, day, LIMIT)
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
@@ -301,32 +282,23 @@ fn export_matches_idevicebackup2_over_sim_serve() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::init(tmp.path());
-    let mut child = common::cradle()
-        .args(["sim", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--profile", PROFILE, "--dpic", DPIC])
-        .args(["--seed", &SEED.to_string(), "--day", "1"])
-        .arg("--state-dir")
-        .arg(tmp.path().join("sim-state"))
-        .args(["--password-file", s(&repo.pw)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let field = |pre: &str, end: char| {
-        let i = line.find(pre).unwrap() + pre.len();
-        line[i..].split(end).next().unwrap().to_string()
-    };
-    let (udid, addr) = (
-        field("serving UDID ", ' '),
-        field("USBMUXD_SOCKET_ADDRESS=", ')'),
-    );
+    let sim_state = tmp.path().join("sim-state");
+    let seed = SEED.to_string();
+    let serve = Serve::start([
+        "--profile",
+        PROFILE,
+        "--dpic",
+        DPIC,
+        "--seed",
+        &seed,
+        "--day",
+        "1",
+        "--state-dir",
+        s(&sim_state),
+        "--password-file",
+        s(&repo.pw),
+    ]);
+    let (udid, addr) = (serve.udid.clone(), serve.addr.clone());
     let theirs = tmp.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     let tool = |bin: &Path, args: &[&str]| {
@@ -351,10 +323,7 @@ fn export_matches_idevicebackup2_over_sim_serve() {
         "--password-file",
         s(&repo.pw),
     ]);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    serve.stop();
     assert!(o.success, "backup --to-repo over usbmuxd: {o:?}");
     let out = tmp.path().join("export");
     repo.export("latest", &out);

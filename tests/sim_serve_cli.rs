@@ -4,68 +4,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::serve::{field, Serve};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-/// Starts the command; returns the child and its ready line.
-fn start(state: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = common::cradle()
-        .args([
-            "sim",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--profile",
-            "tiny",
-        ])
-        .args(["--seed", "21", "--dpic", "1000", "--state-dir"])
-        .arg(state)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn cradle sim serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    if line.is_empty() {
-        let _ = child.kill();
-        panic!("cradle sim serve did not print its ready line");
-    }
-    (child, line)
+/// Starts the command; returns it with its ready line.
+fn start(state: &Path, extra: &[&str]) -> (Serve, String) {
+    let mut args = vec!["--profile", "tiny", "--seed", "21", "--dpic", "1000"];
+    args.extend(["--state-dir", common::s(state)]);
+    args.extend_from_slice(extra);
+    let serve = Serve::start(args);
+    let line = serve.line.clone();
+    (serve, line)
 }
 
-fn field(line: &str, pre: &str, end: char) -> String {
-    let i = line
-        .find(pre)
-        .unwrap_or_else(|| panic!("no {pre:?} in {line:?}"))
-        + pre.len();
-    line[i..].split(end).next().unwrap().to_string()
-}
-
-fn terminate(mut child: Child) {
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cradle sim serve ignored SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn terminate(child: Serve) {
+    let status = child.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
 #[test]

@@ -333,8 +333,13 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
                     Ok(r)
                 }
                 Err(e) => {
+                    let full = target.saw_no_space();
                     if let Err(e) = target.abandon() {
                         tracing::warn!(error = %e, "removing the unfinished staging session");
+                    }
+                    if full {
+                        display.finish();
+                        anyhow::bail!("{}", drive_full(&dest_dir, false));
                     }
                     Err(e)
                 }
@@ -367,8 +372,13 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     );
     if let (Dest::Repo(repo), Some(session)) = (&mut dest, staged) {
         let t = Instant::now();
-        let r = cradle::store::ingest::ingest(repo, session, password.as_ref())
-            .context("ingesting the backup into the repository")?;
+        let r = match cradle::store::ingest::ingest(repo, session, password.as_ref()) {
+            Ok(r) => r,
+            Err(e) if cradle::store::repo_target::says_no_space(&e) => {
+                anyhow::bail!("{}", drive_full(&dest_dir, true))
+            }
+            Err(e) => return Err(e).context("ingesting the backup into the repository"),
+        };
         println!(
             "snapshot {} ({}) of {udid}: {} files ({} new, {} bytes) in {:.1} s",
             r.snapshot,
@@ -399,6 +409,21 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line for a drive that filled up: what happened, what is kept, what to do.
+fn drive_full(repo: &Path, received: bool) -> String {
+    format!(
+        "the drive holding {} is full: {}; the snapshots already there are intact. Free space \
+         on the drive (remove other files, or old snapshots with `cradle prune`) and run the \
+         backup again",
+        repo.display(),
+        if received {
+            "the backup was received but could not all be stored (the next run finishes it first)"
+        } else {
+            "the backup stopped before the phone had sent everything"
+        }
+    )
 }
 
 /// Where the backup goes.
@@ -460,4 +485,18 @@ mod tests {
             assert!(!e.contains('\n'), "one line: {e}");
         }
     }
+
+    #[test]
+    fn a_full_drive_is_one_line_saying_what_to_do() {
+        for received in [false, true] {
+            let m = drive_full(Path::new("/media/d/Cradle"), received);
+            assert!(m.contains("/media/d/Cradle is full"), "{m}");
+            assert!(
+                m.contains("Free space") && m.contains("cradle prune"),
+                "{m}"
+            );
+            assert!(m.contains("intact") && !m.contains('\n'), "{m}");
+        }
+    }
+
 }

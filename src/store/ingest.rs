@@ -615,11 +615,9 @@ pub fn ingest(
                 _ => continue,
             }
         };
-        let staged = match node {
-            Node::Staged { staged, .. } => Some(staged.clone()),
-            _ => None,
-        };
-        ctx.done(Done::Top(t.clone()), staged, t.stream.length)?;
+        // The staged top files stay until the session is deleted: a resumed ingest reads
+        // Manifest.plist and Manifest.db again before it looks at the journal.
+        ctx.done(Done::Top(t.clone()), None, t.stream.length)?;
         top_files.push(t);
     }
     top_files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -14,7 +14,7 @@ use super::snapshot::SnapshotRecord;
 use super::staging::{
     node_size, Node, Op, Session, SessionInfo, StagingError, TreeError, WorkTree,
 };
-use super::storage::{NewFile, Storage};
+use super::storage::{NewFile, Storage, StorageError};
 use crate::backup2::target::{
     BackupPath, BackupTarget, DirEntry, EntryKind, EntryMeta, TargetError, UploadSink,
 };
@@ -26,6 +26,36 @@ const READ_STEP: u64 = 1 << 20;
 
 fn eio(path: &BackupPath, e: impl ToString) -> TargetError {
     TargetError::io(path, io::Error::other(e.to_string()))
+}
+
+/// True when `e` or one of its sources says the drive is full. `#[error(transparent)]`
+/// wrappers hide the inner error from `source()`, so `StorageError::NoSpace`'s own words count.
+pub fn says_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if matches!(c.downcast_ref(), Some(StorageError::NoSpace { .. }))
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
+            || c.to_string().ends_with(NO_SPACE_WORDS)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// How `StorageError::NoSpace` ends its message.
+const NO_SPACE_WORDS: &str = ": no space left on the drive";
+
+/// A drive error as the backup protocol sees it: ENOSPC stays ENOSPC (the host then answers
+/// the phone with its no-space code), anything else is EIO.
+fn drive_io(e: &(dyn std::error::Error + 'static)) -> io::Error {
+    if says_no_space(e) {
+        io::Error::new(io::ErrorKind::StorageFull, e.to_string())
+    } else {
+        io::Error::other(e.to_string())
+    }
 }
 
 fn tree_err(path: &BackupPath, e: TreeError) -> TargetError {
@@ -62,6 +92,8 @@ pub struct RepoTarget<'r> {
     /// Data files are Apple ciphertext (encrypted backup): staged verbatim.
     encrypted: bool,
     udid: String,
+    /// A write failed because the drive is full.
+    no_space: bool,
 }
 
 impl std::fmt::Debug for RepoTarget<'_> {
@@ -109,7 +141,23 @@ impl<'r> RepoTarget<'r> {
             parent_wrapped: None,
             encrypted,
             udid: udid.to_string(),
+            no_space: false,
         })
+    }
+
+    /// True once a write into the session failed because the drive is full (the phone was
+    /// told so file by file; the caller says it once, with what to do).
+    pub fn saw_no_space(&self) -> bool {
+        self.no_space
+    }
+
+    fn drive_err(
+        &mut self,
+        path: &BackupPath,
+        e: &(dyn std::error::Error + 'static),
+    ) -> TargetError {
+        self.no_space |= says_no_space(e);
+        TargetError::io(path, drive_io(e))
     }
 
     /// The session's id.
@@ -131,9 +179,10 @@ impl<'r> RepoTarget<'r> {
 
     fn record(&mut self, path: &BackupPath, op: Op) -> Result<(), TargetError> {
         self.tree.apply(&op).map_err(|e| tree_err(path, e))?;
-        self.session
-            .record(self.repo.keys(), &op)
-            .map_err(|e| eio(path, e))
+        match self.session.record(self.repo.keys(), &op) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.drive_err(path, &e)),
+        }
     }
 
     fn sealed_for(&self, path: &BackupPath) -> bool {
@@ -267,7 +316,7 @@ struct RepoSink<'a, 'r> {
     seq: u64,
     buf: Vec<u8>,
     size: u64,
-    failed: Option<String>,
+    failed: Option<io::Error>,
 }
 
 impl RepoSink<'_, '_> {
@@ -287,9 +336,9 @@ impl RepoSink<'_, '_> {
             )
             .map_err(io::Error::other)?;
             self.seq += 1;
-            f.write(&frame).map_err(io::Error::other)?;
+            f.write(&frame).map_err(|e| drive_io(&e))?;
         } else {
-            f.write(&self.buf).map_err(io::Error::other)?;
+            f.write(&self.buf).map_err(|e| drive_io(&e))?;
         }
         self.buf.clear();
         Ok(())
@@ -313,7 +362,8 @@ impl Write for RepoSink<'_, '_> {
         self.size += n as u64;
         if self.buf.len() >= FRAME_PAYLOAD_MAX.min(1 << 20) {
             if let Err(e) = self.emit() {
-                self.failed = Some(e.to_string());
+                self.target.no_space |= says_no_space(&e);
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
                 return Err(e);
             }
         }
@@ -328,15 +378,19 @@ impl UploadSink for RepoSink<'_, '_> {
     fn commit(mut self: Box<Self>) -> Result<(), TargetError> {
         if let Some(e) = self.failed.take() {
             self.discard();
-            return Err(eio(&self.path, e));
+            return Err(TargetError::io(&self.path, e));
         }
         if !self.buf.is_empty() {
-            self.emit().map_err(|e| TargetError::io(&self.path, e))?;
+            if let Err(e) = self.emit() {
+                return Err(self.target.drive_err(&self.path, &e));
+            }
         }
         let Some(f) = self.file.take() else {
             return Ok(());
         };
-        f.finish().map_err(|e| eio(&self.path, e))?;
+        if let Err(e) = f.finish() {
+            return Err(self.target.drive_err(&self.path, &e));
+        }
         let op = Op::Received {
             path: self.path.to_string(),
             staged: self.staged.clone(),
@@ -435,14 +489,20 @@ impl BackupTarget for RepoTarget<'_> {
         let full = self.session.staged_path(&staged);
         let storage = self.session.storage().clone();
         let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        if !storage.exists(dir).map_err(|e| eio(path, e))? {
-            storage.create_dir(dir).map_err(|e| eio(path, e))?;
-        }
-        let mut file = storage.create_streaming(&full).map_err(|e| eio(path, e))?;
+        let mut file = match storage.exists(dir).and_then(|there| {
+            if !there {
+                storage.create_dir(dir)?;
+            }
+            storage.create_streaming(&full)
+        }) {
+            Ok(f) => f,
+            Err(e) => return Err(self.drive_err(path, &e)),
+        };
         let sealed = self.sealed_for(path);
         if sealed {
-            file.write(&encode_header(JournalKind::Staged, &self.session.id()))
-                .map_err(|e| eio(path, e))?;
+            if let Err(e) = file.write(&encode_header(JournalKind::Staged, &self.session.id())) {
+                return Err(self.drive_err(path, &e));
+            }
         }
         Ok(Box::new(RepoSink {
             target: self,
@@ -526,14 +586,18 @@ impl BackupTarget for RepoTarget<'_> {
 
     fn free_space(&mut self) -> Result<u64, TargetError> {
         let reserve = RESERVE_BASE + 2 * u64::from(self.repo.config().pack_target);
-        let Some(root) = self.repo.storage().local_root() else {
-            return Ok(u64::MAX / 2);
-        };
-        let v = rustix::fs::statvfs(root).map_err(|e| TargetError::Io {
-            path: self.udid.clone(),
-            source: e.into(),
-        })?;
-        Ok((v.f_bavail.saturating_mul(v.f_frsize)).saturating_sub(reserve))
+        let free = self
+            .repo
+            .storage()
+            .free_bytes()
+            .map_err(|e| TargetError::Io {
+                path: self.udid.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        Ok(match free {
+            Some(b) => b.saturating_sub(reserve),
+            None => u64::MAX / 2,
+        })
     }
 }
 

@@ -144,6 +144,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The repository root on the local file system, where a local index may live; `None` for
     /// storage that is not a local folder.
     fn local_root(&self) -> Option<&Path>;
+    /// Bytes that can still be written, as far as the storage knows (`None`: no known limit).
+    /// By default the free space of the file system under `local_root`.
+    fn free_bytes(&self) -> StorageResult<Option<u64>> {
+        let Some(root) = self.local_root() else {
+            return Ok(None);
+        };
+        let v = rustix::fs::statvfs(root)
+            .map_err(|e| StorageError::from_io(&root.display().to_string(), e.into()))?;
+        Ok(Some(v.f_bavail.saturating_mul(v.f_frsize)))
+    }
 }
 
 /// Checks a repository-relative name: non-empty `/`-separated components, none empty, `.` or
@@ -201,6 +211,36 @@ fn parent_of(path: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 // Local file system
 
+/// Environment variable of the crash-test hook: the process aborts right after its Nth fsync on
+/// a `LocalStorage` (debug builds only; see [`after_fsync`]).
+pub const KILL_AFTER_FSYNCS_ENV: &str = "CRADLE_TEST_KILL_AFTER_FSYNCS";
+
+/// Crash-test hook, compiled into debug builds only (release builds, which the box runs, have
+/// an empty function): with `CRADLE_TEST_KILL_AFTER_FSYNCS=N` set, the process aborts (no
+/// destructors, no buffered writes flushed, exactly like SIGKILL for the files it leaves) right
+/// after its Nth fsync, so tests/crash_kill.rs can stop a real `cradle` at exact points of the
+/// commit order. Without the variable it only counts.
+#[cfg(debug_assertions)]
+fn after_fsync() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var(KILL_AFTER_FSYNCS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = *limit {
+        if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn after_fsync() {}
+
 /// `Storage` on a local folder: ext4 or exFAT (format.md §17).
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -242,6 +282,7 @@ impl LocalStorage {
         if self.exfat {
             rustix::fs::syncfs(&f).map_err(|e| StorageError::from_io(dir, e.into()))?;
         }
+        after_fsync();
         Ok(())
     }
 
@@ -302,6 +343,7 @@ impl NewFile for LocalNewFile {
             .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| StorageError::from_io(&path, e))?;
+        after_fsync();
         drop(file);
         let fin = storage.full(&path, false)?;
         storage.rename_noreplace(&tmp, &fin, &path)?;
@@ -433,6 +475,7 @@ impl Storage for LocalStorage {
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| StorageError::from_io(path, e))?;
+        after_fsync();
         self.fsync_dir(parent_of(path))
     }
 
@@ -478,7 +521,9 @@ impl Storage for LocalStorage {
             .write(true)
             .open(&p)
             .map_err(|e| StorageError::from_io(path, e))?;
-        f.sync_all().map_err(|e| StorageError::from_io(path, e))
+        f.sync_all().map_err(|e| StorageError::from_io(path, e))?;
+        after_fsync();
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &str) -> StorageResult<()> {
@@ -515,6 +560,11 @@ struct CrashState {
     space_left: Option<u64>,
     removed: bool,
     fsyncs: u64,
+    writes: u64,
+    /// The drive is pulled once `fsyncs` reaches this.
+    pull_at_fsync: Option<u64>,
+    /// The drive is pulled once `writes` reaches this.
+    pull_at_write: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -565,11 +615,60 @@ impl CrashStorage {
         }
         s.removed = false;
         s.space_left = None;
+        s.pull_at_fsync = None;
+        s.pull_at_write = None;
     }
 
-    /// After `n` more bytes written, every write fails with `NoSpace`.
+    /// The drive is pulled (as `remove_drive`) right after `n` more fsyncs: the writer fails
+    /// from there on, and a following `crash`/`crash_torn` shows what survived that moment.
+    pub fn pull_after_fsyncs(&self, n: u64) {
+        let mut s = self.lock();
+        s.pull_at_fsync = Some(s.fsyncs + n);
+    }
+
+    /// The drive is pulled right after `n` more writes (appends or streamed writes).
+    pub fn pull_after_writes(&self, n: u64) {
+        let mut s = self.lock();
+        s.pull_at_write = Some(s.writes + n);
+    }
+
+    /// Number of writes (appends and streamed writes) so far.
+    pub fn write_count(&self) -> u64 {
+        self.lock().writes
+    }
+
+    /// An independent copy of the drive as it is now (live and durable state), to try many
+    /// crashes from one starting point.
+    pub fn fork(&self) -> CrashStorage {
+        let s = self.lock();
+        let copy = CrashState {
+            inodes: s.inodes.clone(),
+            next_ino: s.next_ino,
+            live: s.live.clone(),
+            durable: s.durable.clone(),
+            dirs: s.dirs.clone(),
+            last_write: s.last_write,
+            space_left: s.space_left,
+            removed: s.removed,
+            fsyncs: s.fsyncs,
+            writes: s.writes,
+            pull_at_fsync: s.pull_at_fsync,
+            pull_at_write: s.pull_at_write,
+        };
+        CrashStorage {
+            inner: Arc::new(Mutex::new(copy)),
+        }
+    }
+
+    /// After `n` more bytes written, every write fails with `NoSpace` (and `free_bytes` says
+    /// what is left).
     pub fn fail_after_bytes(&self, n: u64) {
         self.lock().space_left = Some(n);
+    }
+
+    /// Space freed: writes no longer fail for lack of room.
+    pub fn unlimited_space(&self) {
+        self.lock().space_left = None;
     }
 
     /// Every operation fails from now on, as when the drive is unplugged.
@@ -658,7 +757,18 @@ impl CrashState {
             .live
             .extend_from_slice(bytes);
         self.last_write = Some(ino);
+        self.writes += 1;
+        if self.pull_at_write.is_some_and(|n| self.writes >= n) {
+            self.removed = true;
+        }
         Ok(())
+    }
+
+    fn count_fsync(&mut self) {
+        self.fsyncs += 1;
+        if self.pull_at_fsync.is_some_and(|n| self.fsyncs >= n) {
+            self.removed = true;
+        }
     }
 
     fn new_inode(&mut self) -> u64 {
@@ -668,7 +778,7 @@ impl CrashState {
     }
 
     fn sync_ino(&mut self, ino: u64) {
-        self.fsyncs += 1;
+        self.count_fsync();
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.durable = i.live.clone();
         }
@@ -678,7 +788,7 @@ impl CrashState {
     }
 
     fn sync_dir(&mut self, dir: &str) {
-        self.fsyncs += 1;
+        self.count_fsync();
         let in_dir = |p: &String| parent_of(p) == dir;
         self.durable.retain(|k, _| !in_dir(k));
         let live: Vec<(String, u64)> = self
@@ -716,6 +826,8 @@ impl NewFile for CrashNewFile {
         let mut s = self.storage.lock();
         s.check(&self.path)?;
         s.sync_ino(self.ino);
+        // A drive pulled right after that fsync: the rename never happens.
+        s.check(&self.path)?;
         if s.live.contains_key(&self.path) {
             return Err(StorageError::AlreadyExists { path: self.path });
         }
@@ -833,6 +945,7 @@ impl Storage for CrashStorage {
         s.live.insert(path.to_string(), ino);
         s.write(path, ino, bytes)?;
         s.sync_ino(ino);
+        s.check(path)?;
         s.sync_dir(parent_of(path));
         Ok(())
     }
@@ -859,7 +972,7 @@ impl Storage for CrashStorage {
         s.dirs.retain(|d| d != path && !d.starts_with(&prefix));
         s.live.retain(|k, _| !k.starts_with(&prefix));
         s.durable.retain(|k, _| !k.starts_with(&prefix));
-        s.fsyncs += 1;
+        s.count_fsync();
         Ok(())
     }
 
@@ -880,7 +993,7 @@ impl Storage for CrashStorage {
             acc.push_str(c);
             s.dirs.insert(acc.clone());
         }
-        s.fsyncs += 1;
+        s.count_fsync();
         Ok(())
     }
 
@@ -936,6 +1049,12 @@ impl Storage for CrashStorage {
 
     fn local_root(&self) -> Option<&Path> {
         None
+    }
+
+    fn free_bytes(&self) -> StorageResult<Option<u64>> {
+        let s = self.lock();
+        s.check("")?;
+        Ok(s.space_left)
     }
 }
 

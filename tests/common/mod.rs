@@ -1,13 +1,16 @@
 //! Helpers shared by the integration tests: the real peer tools (where they are, and whether a
-//! missing one fails or skips the test), the `cradle` binary, and tree comparison.
+//! missing one fails or skips the test), the `cradle` binary, `cradle sim serve` as a process
+//! (`serve`), the synthetic phone's tree, and tree comparison.
 #![allow(dead_code)]
 
 pub mod mb2;
+pub mod serve;
 pub mod usbmux;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The crate root.
 pub fn root() -> PathBuf {
@@ -17,6 +20,47 @@ pub fn root() -> PathBuf {
 /// The `cradle` binary built for this test run.
 pub fn cradle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cradle"))
+}
+
+/// A test path as `&str` (temporary folders are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `cradle ARGS…` to completion within `limit`.
+pub fn run_cradle(args: &[&str], limit: Duration) -> Output {
+    let mut c = cradle();
+    c.args(args);
+    run_with_timeout(c, limit)
+}
+
+/// The synthetic phone's plaintext tree of that day (`cradle sim tree` into
+/// `tmp/tree-SEED-DAY`).
+pub fn sim_tree(
+    tmp: &Path,
+    profile: &str,
+    seed: u64,
+    day: u32,
+    limit: Duration,
+) -> BTreeMap<String, TreeEntry> {
+    let out = tmp.join(format!("tree-{seed}-{day}"));
+    let o = run_cradle(
+        &[
+            "sim",
+            "tree",
+            "--seed",
+            &seed.to_string(),
+            "--profile",
+            profile,
+            "--day",
+            &day.to_string(),
+            "--out",
+            s(&out),
+        ],
+        limit,
+    );
+    assert!(o.success, "sim tree: {o:?}");
+    read_tree(&out)
 }
 
 /// Where the test command installed the Python peers (one venv per tool).
