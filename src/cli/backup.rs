@@ -498,5 +498,4 @@ mod tests {
             assert!(m.contains("intact") && !m.contains('\n'), "{m}");
         }
     }
-
 }
