@@ -403,3 +403,48 @@ fn wrong_password_is_one_clear_line_and_changes_nothing() {
     assert_eq!(before, read_tree(&repo.path), "the repository changed");
     assert!(!tmp.path().join("x").exists());
 }
+
+#[test]
+fn a_second_writer_is_refused_while_the_lock_is_held_and_nothing_changes() {
+    use cradle::password::Password;
+    use cradle::store::lock::{LockPurpose, SystemLockEnv};
+    use cradle::store::repo::Repository;
+    use cradle::store::storage::LocalStorage;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(tmp.path());
+    repo.backup(62, 1);
+    // This (live) test process holds the writer lock, as a running prune would.
+    let storage = Arc::new(LocalStorage::new(&repo.path).unwrap());
+    let held = Repository::open(storage, &Password::new(PASSWORD)).unwrap();
+    let guard = held
+        .lock_writer(LockPurpose::Prune, &SystemLockEnv)
+        .unwrap();
+    // Closed (its index flushed) so that only the other process could change the folder.
+    drop(held);
+    let before = read_tree(&repo.path);
+    let o = cradle(&[
+        "backup",
+        "--sim",
+        &format!("{PROFILE}:62:2"),
+        "--sim-dpic",
+        DPIC,
+        "--to-repo",
+        s(&repo.path),
+        "--state-dir",
+        s(&repo.state),
+        "--password-file",
+        s(&repo.pw),
+    ]);
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stderr.contains("in use by process") && o.stderr.contains("wait for the other command"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(before, read_tree(&repo.path), "the repository changed");
+    guard.release().unwrap();
+    // With the lock gone the same backup goes through.
+    repo.backup(62, 2);
+}

@@ -15,6 +15,7 @@ use cradle::backup2::target::FolderTarget;
 use cradle::ios_backup::folder::{BackupFolder, FolderError};
 use cradle::lockdown::{self, LockdownError, PairEvent};
 use cradle::password::{resolve_password, Password};
+use cradle::store::lock::{LockGuard, LockPurpose, SystemLockEnv};
 use cradle::store::repo_target::RepoTarget;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -245,6 +246,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| args.to_repo.clone())
         .unwrap_or_default();
+    // The repository's writer lock: dropped (removed) on every early return, released below.
+    let mut repo_lock: Option<LockGuard> = None;
     let mut dest = match (&args.to_folder, &args.to_repo, &password) {
         (Some(dir), _, _) => {
             std::fs::create_dir_all(dir)
@@ -258,12 +261,24 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
             // Opened (password checked) before the phone is touched; then sessions a crash
             // left are finished or cleared.
             let mut repo = super::repo::open_with(path, pw)?;
+            // One writer at a time (format.md, locks); taking it also clears the `.tmp` debris a
+            // killed writer left. Held until this command ends.
+            let lock = repo
+                .lock_writer(LockPurpose::Ingest, &SystemLockEnv)
+                .with_context(|| {
+                    format!(
+                        "cannot back up into {}: wait for the other command to finish, then \
+                         run again",
+                        path.display()
+                    )
+                })?;
             for r in cradle::store::ingest::recover_and_ingest(&mut repo, Some(pw))? {
                 display_line(&format!(
                     "finished an interrupted ingest: snapshot {}",
                     &r.snapshot.to_hex()[..12]
                 ));
             }
+            repo_lock = Some(lock);
             Dest::Repo(Box::new(repo))
         }
         _ => anyhow::bail!("give --to-folder DIR or --to-repo PATH"),
@@ -392,6 +407,10 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
             r.bytes_ingested,
             t.elapsed().as_secs_f64()
         );
+        if let Some(lock) = repo_lock.take() {
+            lock.release()
+                .context("removing the repository's writer lock after the backup")?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // When encryption was already on, the phone's password may not be the one given.
