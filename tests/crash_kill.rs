@@ -9,6 +9,10 @@
 //! The guarded failure is the one every backup tool fears: a crash during a write that leaves
 //! an older snapshot unreadable, or leaves debris that blocks the next backup.
 //!
+//! `prune --keep-last 1` and `index rebuild` are killed the same way: afterwards the newest
+//! snapshot is there, nothing appeared, whatever remains checks clean and exports as before, and
+//! the prune run again completes.
+//!
 //! `CRADLE_CRASH_SEED=N` replays a schedule (time-based kills land near, not exactly on, the
 //! same points).
 
@@ -496,4 +500,151 @@ fn backups_killed_at_random_points_lose_nothing_and_the_next_run_completes() {
     if std::env::var_os("CRADLE_CRASH_KEEP").is_some() {
         let _ = tmp.keep();
     }
+}
+
+/// Prune kills and index-rebuild kills each lane must land (they add to the backups' above).
+const MAINTENANCE_KILLS_EACH: usize = 3;
+const MAINTENANCE_LANES: u64 = 2;
+/// Rounds a lane may take to land them before the schedule counts as broken.
+const MAINTENANCE_ROUNDS_MAX: u32 = 25;
+
+impl Lane<'_> {
+    /// Records every snapshot not yet known with its first export (no reference to compare with:
+    /// days past the reference's are only checked for staying the same from now on).
+    fn adopt_any(&mut self) {
+        for id in snapshot_ids(&self.repo, &self.pw) {
+            if !self.known.contains_key(&id) {
+                let t = export_tree(&self.repo, &self.pw, &id, &self.dir);
+                self.known.insert(id, t);
+            }
+        }
+    }
+
+    /// After a prune (`--keep-last 1`) ran or was killed: `newest` is still there, nothing new
+    /// appeared, and whatever remains checks clean and exports exactly as before.
+    fn verify_prune(&mut self, newest: &str) {
+        let ids = snapshot_ids(&self.repo, &self.pw);
+        if !ids.iter().any(|i| i == newest) {
+            self.fail(format!("prune lost the newest snapshot {newest}"));
+        }
+        if let Some(id) = ids.iter().find(|i| !self.known.contains_key(*i)) {
+            self.fail(format!("snapshot {id} appeared during a prune"));
+        }
+        self.known.retain(|k, _| ids.contains(k));
+        self.verify(1);
+    }
+
+    /// Runs `args`, killed at a random point; a run that finishes first must succeed.
+    fn maintenance_round(
+        &mut self,
+        what: &str,
+        args: &[String],
+        clean_ms: u64,
+        fsyncs: u64,
+    ) -> bool {
+        let kill = if self.rng.chance(50) {
+            Kill::AfterFsyncs(self.rng.range(1, fsyncs))
+        } else {
+            Kill::AfterMs(self.rng.range(5, clean_ms.max(10)))
+        };
+        self.runs += 1;
+        match run_killed(&self.dir, self.runs, args, Some(kill)) {
+            Outcome::Killed => {
+                self.kills += 1;
+                self.log.push(format!("{what}: killed {kill:?}"));
+                true
+            }
+            Outcome::Exited(o) => {
+                self.log.push(format!("{what}: completed before {kill:?}"));
+                if !o.success {
+                    self.fail(format!("{what} failed: {o:?}"));
+                }
+                false
+            }
+        }
+    }
+
+    /// A run of `args` that must complete; returns how long it took.
+    fn complete(&mut self, what: &str, args: &[String]) -> u64 {
+        self.runs += 1;
+        let t = Instant::now();
+        match run_killed(&self.dir, self.runs, args, None) {
+            Outcome::Exited(o) if o.success => t.elapsed().as_millis() as u64,
+            Outcome::Exited(o) => self.fail(format!("{what} after the kill failed: {o:?}")),
+            Outcome::Killed => self.fail(format!("{what} died")),
+        }
+    }
+}
+
+#[test]
+fn prune_and_index_rebuild_killed_at_random_points_keep_every_kept_snapshot() {
+    let seed = std::env::var("CRADLE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SEED)
+        ^ 0x9e37_79b9;
+    eprintln!("crash_kill maintenance: schedule seed {seed}");
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = common::password_file(tmp.path(), PASSWORD);
+    let reference = reference(&tmp.path().join("reference"), &pw);
+    let mut kills = 0;
+    for lane in 0..MAINTENANCE_LANES {
+        let mut l = Lane::new(tmp.path(), 100 + lane, seed, &reference);
+        let with_repo = |args: &[&str], l: &Lane| -> Vec<String> {
+            let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            a.extend(["--repo", s(&l.repo), "--password-file", s(&l.pw)].map(String::from));
+            a
+        };
+        let prune = with_repo(&["prune", "--keep-last", "1"], &l);
+        let rebuild = with_repo(&["index", "rebuild"], &l);
+        // A first snapshot, then per round: one more backup (a later phone day), a killed prune
+        // that may only remove the older one, and a killed index rebuild.
+        l.complete("backup day 1", &backup_args(&l.repo, &l.state, &l.pw, 1));
+        l.adopt_any();
+        let (mut prune_kills, mut rebuild_kills, mut prune_ms) = (0, 0, 150);
+        let mut day = 2;
+        while prune_kills < MAINTENANCE_KILLS_EACH || rebuild_kills < MAINTENANCE_KILLS_EACH {
+            if day > MAINTENANCE_ROUNDS_MAX {
+                l.fail(format!(
+                    "{prune_kills} prune and {rebuild_kills} rebuild kills in {day} rounds"
+                ));
+            }
+            l.complete(
+                &format!("backup day {day}"),
+                &backup_args(&l.repo, &l.state, &l.pw, day),
+            );
+            let before: Vec<String> = l.known.keys().cloned().collect();
+            l.adopt_any();
+            let newest = l
+                .known
+                .keys()
+                .find(|k| !before.contains(k))
+                .cloned()
+                .unwrap_or_else(|| l.fail(format!("backup day {day} made no snapshot")));
+            if l.maintenance_round("prune", &prune, prune_ms, 12) {
+                prune_kills += 1;
+                l.verify_prune(&newest);
+            }
+            prune_ms = l.complete("prune", &prune);
+            l.verify_prune(&newest);
+            if l.known.len() != 1 {
+                l.fail(format!(
+                    "prune --keep-last 1 left {} snapshots",
+                    l.known.len()
+                ));
+            }
+            let clean = l.complete("index rebuild", &rebuild);
+            if l.maintenance_round("index rebuild", &rebuild, clean, 6) {
+                rebuild_kills += 1;
+                l.verify(1);
+            }
+            day += 1;
+        }
+        eprintln!("{}: {}", l.name, l.log.join("; "));
+        kills += l.kills;
+    }
+    assert!(
+        kills >= 2 * MAINTENANCE_KILLS_EACH * MAINTENANCE_LANES as usize,
+        "only {kills} kills landed"
+    );
 }
