@@ -463,7 +463,9 @@ fn drive_full_keeps_the_previous_snapshot_and_the_next_plug_in_succeeds() {
     rig.unplug(phone);
     let first = rig.snapshots();
     assert_eq!(first.len(), 1);
-    // The same drive comes back with almost no room for this repository.
+    // The same drive comes back with almost no room for this repository: the phone is told the
+    // truth about the space left and refuses (ErrorCode 105), which is the drive-full screen.
+    // Writes failing in the middle of an upload are covered by tests/drive_full.rs.
     rig.pull_drive(|r, _| *r.limit.lock().unwrap() = Some(20_000));
     let phone = rig.back_up(&s, "error-drive-full");
     let st = rig.status();

@@ -6,7 +6,7 @@
 
 use super::destination::{Destination, DestinationError, StoreProgress, StoreRequest};
 use super::machine::{Failure, JobEvent, JobId};
-use crate::backup2::host::{BackupEvent, HostError};
+use crate::backup2::host::{BackupEvent, HostError, DEVICE_NO_SPACE};
 use crate::backup2::run::{run_backup, run_change_password, RunError, RunOptions};
 use crate::backup2::target::TargetError;
 use crate::lockdown::{self, HostIdentity, LockdownError, PairEvent, PairStore};
@@ -259,6 +259,8 @@ pub fn failure_of_run(e: &RunError, cancel: &AtomicBool) -> Failure {
             Failure::PhoneGone
         }
         RunError::Backup(HostError::Timeout(_)) => Failure::PhoneLocked,
+        // The phone compared its backup with the free space we reported and refused.
+        RunError::Backup(HostError::Device(d)) if d.code == DEVICE_NO_SPACE => Failure::DriveFull,
         RunError::InfoPlist(TargetError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::StorageFull =>
         {

@@ -451,6 +451,15 @@ impl Storage for WatchedStorage {
     fn local_root(&self) -> Option<&Path> {
         self.inner.local_root()
     }
+    /// The smaller of what the drive has and what the limit leaves: the phone is told this.
+    fn free_bytes(&self) -> StorageResult<Option<u64>> {
+        let inner = self.note(self.inner.free_bytes())?;
+        let Some(left) = &self.left else {
+            return Ok(inner);
+        };
+        let left = left.load(Ordering::SeqCst);
+        Ok(Some(inner.map_or(left, |i| i.min(left))))
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +472,8 @@ mod tests {
         let s = WatchedStorage::new(Arc::new(LocalStorage::new(dir.path()).unwrap()), Some(10));
         s.create("a", b"12345").unwrap();
         assert!(!s.saw_no_space());
+        // What the phone is told: the limit's remainder, not the file system's free space.
+        assert_eq!(s.free_bytes().unwrap(), Some(5));
         let e = s.create("b", b"123456").unwrap_err();
         assert!(matches!(e, StorageError::NoSpace { .. }), "{e}");
         assert!(s.saw_no_space());
@@ -470,6 +481,8 @@ mod tests {
         let unlimited = WatchedStorage::new(Arc::new(LocalStorage::new(dir.path()).unwrap()), None);
         unlimited.create("c", &[0; 100]).unwrap();
         assert!(!unlimited.saw_no_space());
+        // Without a limit: the file system's own figure.
+        assert!(unlimited.free_bytes().unwrap().is_some());
     }
 
     #[test]

@@ -145,6 +145,9 @@ impl std::fmt::Display for DeviceFailure {
     }
 }
 
+/// The phone's ErrorCode when the backup will not fit the free space the host reported.
+pub const DEVICE_NO_SPACE: i64 = 105;
+
 /// What a non-zero mobilebackup2 ErrorCode (MBErrorDomain) is known to mean. The phone's own
 /// ErrorDescription is kept beside it.
 pub fn device_error_meaning(code: i64) -> &'static str {
@@ -154,7 +157,7 @@ pub fn device_error_meaning(code: i64) -> &'static str {
         100 => "the phone could not upload a file",
         103 => "the phone could not read the previous backup's Status.plist",
         104 => "the phone could not upload several files",
-        105 => "not enough free space on the backup drive",
+        DEVICE_NO_SPACE => "not enough free space on the backup drive",
         205 => "the previous backup on the drive is unreadable or references missing files",
         _ => "unknown error",
     }
