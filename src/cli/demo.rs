@@ -394,7 +394,7 @@ fn summarize(repo_dir: &Path, ends: &[&cradle::appliance::RunRecord]) -> anyhow:
         out.push_str(&format!(
             "    {}  {}  {}  {} ({})  {}  {} files  {:.1} MB\n",
             &hex[..12],
-            super::repo::date(s.phone_date),
+            super::opsutil::date(s.phone_date),
             s.device.udid,
             s.device.device_name,
             s.device.product_type,

@@ -20,13 +20,14 @@ pub fn date(ms: i64) -> String {
     )
 }
 
-/// Resolves SNAP: `latest`, or a unique prefix of a SnapshotId, among readable records.
+/// Resolves SNAP: `latest` (the last of `cradle snapshots`' list), or a unique prefix of a
+/// SnapshotId, among readable records.
 pub fn resolve(repo: &Repository, snap: &str) -> anyhow::Result<(SnapshotId, SnapshotRecord)> {
-    let all = repo.snapshot_listing()?.snapshots;
+    let all = repo.snapshots_oldest_first()?;
     if snap == "latest" {
         return all
             .into_iter()
-            .max_by_key(|(id, r)| (r.phone_date, *id))
+            .last()
             .ok_or_else(|| anyhow::anyhow!("the repository has no snapshots yet"));
     }
     let s = snap.to_ascii_lowercase();

@@ -1,15 +1,15 @@
 //! Repository commands: `init`, `snapshots`, `ls`, `diff`, `export` (byte-identical backup
 //! folder) and `extract` (plaintext files), all on `--repo PATH`.
 
+use super::opsutil::{date, resolve};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use cradle::ios_backup::folder::{BackupFolder, Filter};
 use cradle::ios_backup::mbfile::MbFile;
 use cradle::password::{resolve_password, Password};
 use cradle::store::export::{export, export_skipping_damaged};
-use cradle::store::ids::SnapshotId;
 use cradle::store::repo::{InitOptions, RepoError, Repository};
-use cradle::store::snapshot::{SnapshotKind, SnapshotRecord};
+use cradle::store::snapshot::SnapshotKind;
 use cradle::store::storage::LocalStorage;
 use cradle::store::table::{Content, FileEntry};
 use std::cmp::Ordering;
@@ -113,57 +113,6 @@ pub fn open_with(path: &Path, pw: &Password) -> anyhow::Result<Repository> {
         ),
         Err(e) => Err(e).with_context(|| format!("opening the repository {}", path.display())),
     }
-}
-
-/// Resolves SNAP: `latest`, or a unique prefix of a SnapshotId.
-pub fn resolve(repo: &Repository, snap: &str) -> anyhow::Result<(SnapshotId, SnapshotRecord)> {
-    let all = repo.snapshots_oldest_first()?;
-    if snap == "latest" {
-        return all
-            .into_iter()
-            .last()
-            .ok_or_else(|| anyhow::anyhow!("the repository has no snapshots yet"));
-    }
-    let s = snap.to_ascii_lowercase();
-    let mut hits: Vec<_> = all
-        .into_iter()
-        .filter(|(id, _)| id.to_hex().starts_with(&s))
-        .collect();
-    match hits.len() {
-        0 => bail!("no snapshot {snap:?} (see `cradle snapshots`)"),
-        1 => Ok(hits.remove(0)),
-        n => bail!("{n} snapshots start with {snap:?}: give more characters"),
-    }
-}
-
-/// `YYYY-MM-DD HH:MM` (UTC) of unix milliseconds.
-pub fn date(ms: i64) -> String {
-    let d = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    let secs = d
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (y, m, dd) = civil(days as i64);
-    format!(
-        "{y:04}-{m:02}-{dd:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn kind_name(k: SnapshotKind) -> &'static str {
@@ -403,8 +352,8 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(cradle::store::prune::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(cradle::store::prune::civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(date(86_400_000 + 3_661_000), "1970-01-02 01:01:01");
     }
 }
