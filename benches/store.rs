@@ -106,6 +106,11 @@ fn cpu_secs() -> f64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
 }
 
+/// A zstd level from the environment (to compare levels with one build).
+fn zstd_level_env(name: &str) -> Option<i32> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set")))
 }
@@ -164,6 +169,9 @@ fn tree_files(root: &Path) -> Vec<PathBuf> {
 fn mode_tree() {
     let (tree, root) = (env_path("CRADLE_BENCH_TREE"), env_path("CRADLE_BENCH_REPO"));
     let mut repo = open_or_init(&root);
+    if let Some(level) = zstd_level_env("CRADLE_BENCH_ZSTD_LEVEL") {
+        repo.set_zstd_level(level);
+    }
     let files = tree_files(&tree);
     let before = dir_bytes(&root.join("packs"));
     let (mut bytes, mut since_flush, mut flush_secs) = (0u64, 0u64, 0f64);
@@ -204,6 +212,7 @@ fn mode_tree() {
         bytes as f64 / 1e6 / cpu.max(0.01)
     );
     println!("tree_pack_bytes_added {added}");
+    println!("tree_index_bytes {}", dir_bytes(&root.join("index")));
     if let Some(prev) = std::env::var_os("CRADLE_BENCH_PREV_TREE").map(PathBuf::from) {
         let changed: u64 = files
             .iter()
@@ -327,16 +336,32 @@ fn main() {
         kdf: KdfParams::INSECURE_FOR_TESTS,
         ..InitOptions::default()
     };
-    for (name, data) in [
+    // `CRADLE_BENCH_ZSTD_LEVELS=3,1,-1` compares levels in one run (names get `_zl<level>`).
+    let levels: Vec<Option<i32>> = match std::env::var("CRADLE_BENCH_ZSTD_LEVELS") {
+        Ok(v) => v.split(',').map(|l| l.trim().parse().ok()).collect(),
+        Err(_) => vec![None],
+    };
+    let cases = [
         ("incompressible", noise(SIZE)),
         ("sqlite_like", sqlite_like(SIZE)),
-    ] {
-        if !want(name) {
+    ];
+    for ((base, data), level) in cases
+        .iter()
+        .flat_map(|c| levels.iter().map(move |l| (c, *l)))
+    {
+        if !want(base) {
             continue;
         }
+        let name = match level {
+            Some(l) => format!("{base}_zl{l}"),
+            None => base.to_string(),
+        };
         let storage = CrashStorage::new();
         let mut repo = Repository::init(Arc::new(storage.clone()), &Password::new("b"), &options)
             .expect("init");
+        if let Some(l) = level {
+            repo.set_zstd_level(l);
+        }
         let t = Instant::now();
         let cpu0 = cpu_secs();
         let st = repo.put_stream(&data[..], BlobKind::Data).expect("put");

@@ -510,6 +510,17 @@ mod tests {
 
     const KEY: [u8; 32] = [0x42; 32];
 
+    /// The x86-64 build must use AES-NI when the CPU has it (the `aes` crate picks its back end
+    /// at run time; a `soft` back end would make every phone file's decryption several times
+    /// slower). `decrypt_blocks` then decrypts eight blocks at a time.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn aes_ni_is_used_when_present() {
+        if std::arch::is_x86_feature_detected!("aes") {
+            assert!(aes::hardware_accelerated());
+        }
+    }
+
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 + i / 251) as u8).collect()
     }

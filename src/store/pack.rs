@@ -297,35 +297,49 @@ pub fn decode_blob(
     Ok(plain)
 }
 
-/// Compresses (when `try_compress` and it pays: `len(c) ≤ len − len/16`) and seals one chunk,
-/// appending the blob to `out`. Returns its header entry.
+/// Compresses (when a compressor is given and it pays: `len(c) ≤ len − len/16`) and seals one
+/// chunk into `out`, a buffer reused from chunk to chunk: the blob is `out[..stored_len]` of the
+/// returned entry. The chunk is compressed straight into `out` and encrypted there, or encrypted
+/// from where it lies; `out` only grows (its new part zeroed once), so no chunk is copied first.
 pub fn encode_blob(
     keys: &Keys,
     compressor: Option<&mut zstd::bulk::Compressor<'static>>,
     id: &ChunkId,
     kind: BlobKind,
     plain: &[u8],
-    scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> PackEntry {
-    let start = out.len();
-    let mut flags = 0u8;
+    let room = match compressor {
+        Some(_) => zstd::zstd_safe::compress_bound(plain.len()).max(plain.len()),
+        None => plain.len(),
+    };
+    if out.len() < room + AEAD_OVERHEAD {
+        out.resize(room + AEAD_OVERHEAD, 0);
+    }
+    let mut compressed = None;
     if let Some(c) = compressor {
         let limit = plain.len() - plain.len() / 16;
-        scratch.clear();
-        scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-        if limit > 0 && c.compress_to_buffer(plain, scratch).is_ok() && scratch.len() <= limit {
-            seal::seal_blob_into(out, keys, id, kind, FLAG_COMPRESSED, scratch);
-            flags = FLAG_COMPRESSED;
+        let body = &mut out[seal::NONCE_LEN..seal::NONCE_LEN + room];
+        if let Ok(n) = c.compress_to_buffer(plain, body) {
+            if limit > 0 && n <= limit {
+                compressed = Some(n);
+            }
         }
     }
-    if flags == 0 {
-        seal::seal_blob_into(out, keys, id, kind, 0, plain);
-    }
+    let (flags, len) = match compressed {
+        Some(n) => {
+            seal::seal_blob_in(out, keys, id, kind, FLAG_COMPRESSED, None, n);
+            (FLAG_COMPRESSED, n)
+        }
+        None => {
+            seal::seal_blob_in(out, keys, id, kind, 0, Some(plain), plain.len());
+            (0, plain.len())
+        }
+    };
     PackEntry {
         kind,
         flags,
-        stored_len: (out.len() - start) as u32,
+        stored_len: (len + AEAD_OVERHEAD) as u32,
         plain_len: plain.len() as u32,
         id: *id,
     }
@@ -444,15 +458,8 @@ mod tests {
         let id = k.chunk_id(plain);
         let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
         let mut out = Vec::new();
-        let e = encode_blob(
-            k,
-            compress.then_some(&mut c),
-            &id,
-            kind,
-            plain,
-            &mut Vec::new(),
-            &mut out,
-        );
+        let e = encode_blob(k, compress.then_some(&mut c), &id, kind, plain, &mut out);
+        out.truncate(e.stored_len as usize);
         (e, out)
     }
 
@@ -682,15 +689,8 @@ mod tests {
         // A blob sealed under a ChunkId that is not its content's.
         let wrong = ChunkId::from_bytes([9; 32]);
         let mut out = Vec::new();
-        let e2 = encode_blob(
-            &k,
-            None,
-            &wrong,
-            BlobKind::Data,
-            b"content",
-            &mut Vec::new(),
-            &mut out,
-        );
+        let e2 = encode_blob(&k, None, &wrong, BlobKind::Data, b"content", &mut out);
+        out.truncate(e2.stored_len as usize);
         assert!(matches!(
             decode_blob(&k, &e2, &out, true),
             Err(PackProblem::WrongChunkId(_))

@@ -289,7 +289,7 @@ struct WriteState {
     /// Packs finished since the last `flush` returned them.
     finished: Vec<FinishedPack>,
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    scratch: Vec<u8>,
+    /// The blob being made (`pack::encode_blob`); only grows.
     blob: Vec<u8>,
 }
 
@@ -309,14 +309,23 @@ impl CompressPolicy {
         }
     }
 
-    /// Looks at the first chunk: JPEG, HEIC/MOV/MP4 (`ftyp`), PNG, ZIP/zstd/gzip never pay.
+    /// Looks at the first chunk: JPEG, HEIC/MOV/MP4 (`ftyp`), PNG, WebP, GIF, MP3, Ogg, FLAC,
+    /// ZIP/zstd/gzip/xz/bzip2/7z never pay.
     fn sniff(&mut self, first: &[u8]) {
         let known = first.starts_with(&[0xff, 0xd8, 0xff])
             || first.get(4..8) == Some(b"ftyp")
             || first.starts_with(b"\x89PNG")
+            || (first.starts_with(b"RIFF") && first.get(8..12) == Some(b"WEBP"))
+            || first.starts_with(b"GIF8")
+            || first.starts_with(b"ID3")
+            || first.starts_with(b"OggS")
+            || first.starts_with(b"fLaC")
             || first.starts_with(b"PK\x03\x04")
             || first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-            || first.starts_with(&[0x1f, 0x8b]);
+            || first.starts_with(&[0x1f, 0x8b])
+            || first.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+            || first.starts_with(b"BZh")
+            || first.starts_with(&[b'7', b'z', 0xbc, 0xaf, 0x27, 0x1c]);
         if known {
             self.enabled = false;
         }
@@ -637,7 +646,6 @@ impl Repository {
                 pending: HashSet::default(),
                 finished: Vec::new(),
                 compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
-                scratch: Vec::new(),
                 blob: Vec::new(),
             },
         }
@@ -748,6 +756,14 @@ impl Repository {
         self.make_stream(ids, length)
     }
 
+    /// The zstd level of chunks written from now on (`ZSTD_LEVEL` by default; a writer choice,
+    /// not recorded, format.md §7). An unusable level keeps the current one.
+    pub fn set_zstd_level(&mut self, level: i32) {
+        if let Ok(c) = zstd::bulk::Compressor::new(level) {
+            self.write.compressor = Some(c);
+        }
+    }
+
     /// A direct stream, or an indirect one whose list is stored as meta chunks.
     fn make_stream(&mut self, ids: Vec<ChunkId>, length: u64) -> Result<Stream, RepoError> {
         if ids.len() <= STREAM_DIRECT_MAX as usize {
@@ -801,23 +817,22 @@ impl Repository {
         }
         let w = &mut self.write;
         let tried = policy.attempt();
-        w.blob.clear();
         let entry = pack::encode_blob(
             &self.keys,
             if tried { w.compressor.as_mut() } else { None },
             &id,
             kind,
             chunk,
-            &mut w.scratch,
             &mut w.blob,
         );
+        let blob = &w.blob[..entry.stored_len as usize];
         policy.record(tried, entry.flags != 0);
         let slot = if kind == BlobKind::Meta {
             &mut w.meta
         } else {
             &mut w.data
         };
-        if slot.as_ref().is_some_and(|p| !p.has_room(w.blob.len())) {
+        if slot.as_ref().is_some_and(|p| !p.has_room(blob.len())) {
             if let Some(full) = slot.take() {
                 let fin = full.finish(&self.keys)?;
                 w.finished.push(fin);
@@ -827,7 +842,7 @@ impl Repository {
             *slot = Some(PackWriter::create(self.storage.as_ref())?);
         }
         if let Some(p) = slot.as_mut() {
-            p.add(entry, &w.blob)?;
+            p.add(entry, blob)?;
             w.pending.insert(id);
             if p.len() >= u64::from(self.config.pack_target) {
                 if let Some(full) = slot.take() {

@@ -83,6 +83,43 @@ pub fn seal_into(out: &mut Vec<u8>, key: &[u8; 32], aad: &[u8], plaintext: &[u8]
     out.extend_from_slice(&tag);
 }
 
+/// XChaCha20-Poly1305 of `dst` in place, or of `src` written into `dst` (same length) when
+/// given: the construction of the `chacha20poly1305` crate (a test pins that the bytes are the
+/// same), driven here so that a chunk is encrypted where it lies instead of being copied first.
+/// Returns the tag.
+fn xchacha_seal(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    src: Option<&[u8]>,
+    dst: &mut [u8],
+) -> [u8; TAG_LEN] {
+    use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+    use poly1305::universal_hash::{KeyInit as _, UniversalHash};
+    let mut stream = chacha20::XChaCha20::new(key.into(), nonce.into());
+    // The Poly1305 key is the first 32 bytes of keystream block 0; the message starts at block 1.
+    let mut mac_key = zeroize::Zeroizing::new([0u8; 32]);
+    stream.apply_keystream(&mut mac_key[..]);
+    let mut mac = poly1305::Poly1305::new((&*mac_key).into());
+    stream.seek(64u64);
+    match src {
+        // Lengths are equal by construction; a mismatch (or a message past 256 GiB) would
+        // leave `dst` unencrypted, and the tag below would then not verify on reading.
+        Some(src) if src.len() == dst.len() => {
+            let _ = stream.apply_keystream_b2b(src, dst);
+        }
+        Some(_) => return [0u8; TAG_LEN],
+        None => stream.apply_keystream(dst),
+    }
+    mac.update_padded(aad);
+    mac.update_padded(dst);
+    let mut lengths = poly1305::Block::default();
+    lengths[..8].copy_from_slice(&(aad.len() as u64).to_le_bytes());
+    lengths[8..].copy_from_slice(&(dst.len() as u64).to_le_bytes());
+    mac.update(&[lengths]);
+    mac.finalize().into()
+}
+
 /// `nonce || ciphertext || tag` of `plaintext` as a new vector.
 pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(plaintext.len() + AEAD_OVERHEAD);
@@ -219,6 +256,31 @@ pub fn seal_blob_into(
     seal_into(out, keys.data_key(), &blob_aad(id, kind, flags), payload);
 }
 
+/// Seals a blob in `out[..len + AEAD_OVERHEAD]`, with a fresh nonce. The payload (already
+/// compressed if `flags` says so) is `src` when given (`len` must be its length), else it is
+/// already in place at `out[NONCE_LEN..NONCE_LEN + len]`. `out` must be long enough.
+pub fn seal_blob_in(
+    out: &mut [u8],
+    keys: &Keys,
+    id: &ChunkId,
+    kind: BlobKind,
+    flags: u8,
+    src: Option<&[u8]>,
+    len: usize,
+) {
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    out[..NONCE_LEN].copy_from_slice(&nonce);
+    let (body, rest) = out[NONCE_LEN..].split_at_mut(len);
+    let tag = xchacha_seal(
+        keys.data_key(),
+        &nonce,
+        &blob_aad(id, kind, flags),
+        src,
+        body,
+    );
+    rest[..TAG_LEN].copy_from_slice(&tag);
+}
+
 /// Opens a sealed blob; the result is still compressed if `flags` says so.
 pub fn open_blob(
     keys: &Keys,
@@ -343,6 +405,47 @@ mod tests {
             open_blob(&k, &id, BlobKind::Data, 0, &b[..39]),
             Err(SealError::TooShort(39))
         );
+    }
+
+    #[test]
+    fn blob_sealed_in_place_or_from_source_opens() {
+        let k = keys();
+        let id = ChunkId::from_bytes([3; 32]);
+        for len in [0usize, 1, 63, 64, 65, 1000, 70_000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            // From a source, into a longer reused buffer holding stale bytes.
+            let mut out = vec![0xaau8; len + AEAD_OVERHEAD + 9];
+            seal_blob_in(&mut out, &k, &id, BlobKind::Data, 0, Some(&plain), len);
+            let sealed = &out[..len + AEAD_OVERHEAD];
+            assert_eq!(
+                open_blob(&k, &id, BlobKind::Data, 0, sealed).unwrap(),
+                plain
+            );
+            // The same bytes as the AEAD crate's in-place encryption under that nonce.
+            let mut theirs = sealed[..NONCE_LEN].to_vec();
+            theirs.extend_from_slice(&plain);
+            let tag = cipher(k.data_key())
+                .encrypt_in_place_detached(
+                    XNonce::from_slice(&sealed[..NONCE_LEN]),
+                    &blob_aad(&id, BlobKind::Data, 0),
+                    &mut theirs[NONCE_LEN..],
+                )
+                .unwrap();
+            theirs.extend_from_slice(&tag);
+            assert_eq!(sealed, &theirs[..]);
+            // In place.
+            let mut inplace = vec![0u8; len + AEAD_OVERHEAD];
+            inplace[NONCE_LEN..NONCE_LEN + len].copy_from_slice(&plain);
+            seal_blob_in(&mut inplace, &k, &id, BlobKind::Meta, 1, None, len);
+            assert_eq!(
+                open_blob(&k, &id, BlobKind::Meta, 1, &inplace).unwrap(),
+                plain
+            );
+            assert_eq!(
+                open_blob(&k, &id, BlobKind::Meta, 0, &inplace),
+                Err(SealError::BadTag)
+            );
+        }
     }
 
     #[test]
