@@ -494,6 +494,10 @@ impl Storage for Flaky {
         self.tick();
         self.inner.sync_dir(dir)
     }
+    fn sync_all(&self) -> StorageResult<()> {
+        self.tick();
+        self.inner.sync_all()
+    }
     fn local_root(&self) -> Option<&std::path::Path> {
         None
     }

@@ -57,6 +57,7 @@ pub mod pack;
 pub mod prune;
 pub mod repo;
 pub mod repo_target;
+pub mod scratch;
 pub mod seal;
 pub mod snapshot;
 pub mod staging;

@@ -100,6 +100,12 @@ pub trait NewFile: Send {
     fn written(&self) -> u64;
     /// fsync, rename to the final name (never replacing one), fsync the directory.
     fn finish(self: Box<Self>) -> StorageResult<()>;
+    /// Renames to the final name (never replacing one) without any fsync: neither the bytes nor
+    /// the name are durable until `Storage::sync_all`. For files many of which are made durable
+    /// together (received files of a staging session, format.md §12).
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        self.finish()
+    }
 }
 
 /// The repository's files, by names relative to its root with `/` separators (format.md §21).
@@ -141,6 +147,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_file(&self, path: &str) -> StorageResult<()>;
     /// fsync of a directory (and, on exFAT, `syncfs`).
     fn sync_dir(&self, dir: &str) -> StorageResult<()>;
+    /// Makes everything written, created, renamed or deleted so far durable, at once (`syncfs`
+    /// of the drive's file system).
+    fn sync_all(&self) -> StorageResult<()>;
     /// The repository root on the local file system, where a local index may live; `None` for
     /// storage that is not a local folder.
     fn local_root(&self) -> Option<&Path>;
@@ -349,6 +358,22 @@ impl NewFile for LocalNewFile {
         storage.rename_noreplace(&tmp, &fin, &path)?;
         storage.fsync_dir(parent_of(&path))
     }
+
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        let LocalNewFile {
+            storage,
+            path,
+            tmp,
+            file,
+            ..
+        } = *self;
+        let file = file
+            .into_inner()
+            .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
+        drop(file);
+        let fin = storage.full(&path, false)?;
+        storage.rename_noreplace(&tmp, &fin, &path)
+    }
 }
 
 impl Storage for LocalStorage {
@@ -528,6 +553,13 @@ impl Storage for LocalStorage {
 
     fn sync_dir(&self, dir: &str) -> StorageResult<()> {
         self.fsync_dir(dir)
+    }
+
+    fn sync_all(&self) -> StorageResult<()> {
+        let f = File::open(&self.root).map_err(|e| StorageError::from_io("", e))?;
+        rustix::fs::syncfs(&f).map_err(|e| StorageError::from_io("", e.into()))?;
+        after_fsync();
+        Ok(())
     }
 
     fn local_root(&self) -> Option<&Path> {
@@ -839,6 +871,20 @@ impl NewFile for CrashNewFile {
         s.sync_dir(parent_of(&self.path));
         Ok(())
     }
+
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        let mut s = self.storage.lock();
+        s.check(&self.path)?;
+        if s.live.contains_key(&self.path) {
+            return Err(StorageError::AlreadyExists { path: self.path });
+        }
+        if s.live.get(&self.tmp) != Some(&self.ino) {
+            return Err(StorageError::NotFound { path: self.tmp });
+        }
+        s.live.remove(&self.tmp);
+        s.live.insert(self.path.clone(), self.ino);
+        Ok(())
+    }
 }
 
 impl Storage for CrashStorage {
@@ -1044,6 +1090,18 @@ impl Storage for CrashStorage {
             });
         }
         s.sync_dir(dir);
+        Ok(())
+    }
+
+    fn sync_all(&self) -> StorageResult<()> {
+        let mut s = self.lock();
+        s.check("")?;
+        s.count_fsync();
+        for i in s.inodes.values_mut() {
+            i.durable = i.live.clone();
+        }
+        s.durable = s.live.clone();
+        s.last_write = None;
         Ok(())
     }
 
