@@ -13,12 +13,12 @@ use super::export::{write_content, ExportError, SnapshotKeys};
 use super::ids::{SessionId, SnapshotId};
 use super::journal::{Journal, JournalError, JournalKind};
 use super::repo::{now_ms, RepoError, Repository};
+use super::scratch::ScratchError;
 use super::seal::BlobKind;
 use super::snapshot::{
     is_valid_top_name, BackupKek, Counts, DeviceInfo, SnapshotKind, SnapshotRecord, TopEncoding,
     TopFile,
 };
-use super::scratch::ScratchError;
 use super::staging::{BaseFile, Node, Session, StagingError, TreeError, WorkTree};
 use super::stream::Stream;
 use super::table::{Content, FileEntry, Row};
@@ -526,13 +526,7 @@ pub fn ingest(
                 tracing::warn!("skipping a Manifest.db row with a malformed fileID");
                 return Ok(());
             };
-            let e = row_entry(
-                &mut ctx,
-                unlocked.as_ref(),
-                encrypted,
-                fid,
-                row,
-            )?;
+            let e = row_entry(&mut ctx, unlocked.as_ref(), encrypted, fid, row)?;
             writer.push(ctx.repo, &e)?;
             Ok(())
         })?;

@@ -475,7 +475,10 @@ impl BackupTarget for RepoTarget<'_> {
 
     fn create_file(&mut self, path: &BackupPath) -> Result<Box<dyn UploadSink + '_>, TargetError> {
         if let Some(parent) = path.parent() {
-            let p = self.tree.get(parent.as_str()).map_err(|e| tree_err(path, e))?;
+            let p = self
+                .tree
+                .get(parent.as_str())
+                .map_err(|e| tree_err(path, e))?;
             if !matches!(p, Some(Node::Dir)) {
                 return Err(TargetError::io(path, rustix::io::Errno::NOENT.into()));
             }

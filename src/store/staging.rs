@@ -403,7 +403,9 @@ impl WorkTree {
     }
 
     fn contains(&self, path: &str) -> Result<bool, TreeError> {
-        self.nodes.contains_key(path.as_bytes()).map_err(scratch_err)
+        self.nodes
+            .contains_key(path.as_bytes())
+            .map_err(scratch_err)
     }
 
     /// Removes `path` and everything under it.
