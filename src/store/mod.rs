@@ -45,6 +45,7 @@ pub mod caps;
 pub mod check;
 pub mod chunker;
 pub mod codec;
+pub mod digest;
 pub mod export;
 pub mod ids;
 pub mod index;
