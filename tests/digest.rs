@@ -287,11 +287,23 @@ fn digest_exports_the_same_bytes_dedups_the_next_backup_and_a_wrong_password_cha
     let (line, sent) = repo.backup(&state, SEED, 2);
     assert!(line.contains("(digested)"), "{line}");
     let after = repo.size();
-    let manifest_db = std::fs::metadata(folder.read_dir().unwrap().next().unwrap().unwrap().path().join("Manifest.db"))
-        .unwrap()
-        .len();
+    let manifest_db = std::fs::metadata(
+        folder
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("Manifest.db"),
+    )
+    .unwrap()
+    .len();
     let bound = sent + sent / 10 + manifest_db + 256 * 1024;
-    eprintln!("day 2 after digest: phone sent {sent} bytes, repository +{}", after - before);
+    eprintln!(
+        "day 2 after digest: phone sent {sent} bytes, repository +{}",
+        after - before
+    );
     assert!(
         after - before <= bound,
         "day 2 stored {} bytes for {sent} bytes sent (bound {bound})",
@@ -326,9 +338,13 @@ fn digest_all_skips_a_raw_snapshot_of_another_password() {
 
     let o = repo.digest(&["--all"], &phone_pw);
     assert!(o.success, "digest --all: {o:?}");
-    assert!(o.stdout.contains(&format!("digested {}", &raw_id[..12])), "{o:?}");
     assert!(
-        o.stdout.contains(&format!("skipped raw snapshot {}", &other_id[..12]))
+        o.stdout.contains(&format!("digested {}", &raw_id[..12])),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout
+            .contains(&format!("skipped raw snapshot {}", &other_id[..12]))
             && o.stdout.contains("does not open"),
         "{o:?}"
     );
@@ -425,16 +441,53 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let setup = raw_setup(t, 54);
-    let want = setup.repo.export(&setup.raw_id, &t.join("export-reference"));
+    let want = setup
+        .repo
+        .export(&setup.raw_id, &t.join("export-reference"));
 
-    // How long and how many fsyncs a clean digest takes, on a copy.
+    let digest_args = |repo: &Path| -> Vec<String> {
+        [
+            "digest",
+            &setup.raw_id[..12],
+            "--repo",
+            s(repo),
+            "--password-file",
+            s(&setup.repo.pw),
+            "--backup-password-file",
+            s(&setup.phone_pw),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    // How long a clean digest takes, and how many fsyncs (the fewest that let it finish), on
+    // copies.
     let probe = t.join("probe");
     copy_tree(&setup.repo.path, &probe);
-    let probe_repo = Repo::at(probe.clone(), setup.repo.pw.clone());
     let started = Instant::now();
-    let o = probe_repo.digest(&[&setup.raw_id[..12]], &setup.phone_pw);
+    let o = Repo::at(probe.clone(), setup.repo.pw.clone())
+        .digest(&[&setup.raw_id[..12]], &setup.phone_pw);
     assert!(o.success, "probe digest: {o:?}");
     let full_ms = started.elapsed().as_millis() as u64;
+    std::fs::remove_dir_all(&probe).unwrap();
+    let (mut lo, mut hi) = (1u64, 64u64);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        copy_tree(&setup.repo.path, &probe);
+        let a = digest_args(&probe);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        match run_killed(t, 100 + mid as usize, &a, Kill::AfterFsyncs(mid)) {
+            Err(()) => lo = mid + 1,
+            Ok(o) => {
+                assert!(o.success, "probe digest: {o:?}");
+                hi = mid;
+            }
+        }
+        std::fs::remove_dir_all(&probe).unwrap();
+    }
+    // A kill after fsync `fsyncs - 1` or earlier lands inside the digest.
+    let fsyncs = lo;
+    assert!(fsyncs > 4, "a digest made only {fsyncs} fsyncs");
 
     let mut rng = Rng(seed);
     let mut killed = 0;
@@ -443,24 +496,14 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
         let lane = t.join(format!("lane-{n}"));
         copy_tree(&setup.repo.path, &lane);
         let repo = Repo::at(lane.clone(), setup.repo.pw.clone());
-        let kill = if n % 4 == 3 {
-            Kill::AfterMs(rng.range(1, full_ms.max(2)))
-        } else {
-            Kill::AfterFsyncs(rng.range(1, 24))
+        // The last fsyncs (record durable, raw record deleted, pins, index) every time; then
+        // random fsyncs, and SIGKILLs at random times.
+        let kill = match n {
+            0..=2 => Kill::AfterFsyncs(fsyncs - 1 - n as u64),
+            _ if n % 3 == 2 => Kill::AfterMs(rng.range(1, full_ms.max(2))),
+            _ => Kill::AfterFsyncs(rng.range(1, fsyncs - 1)),
         };
-        let args: Vec<String> = [
-            "digest",
-            &setup.raw_id[..12],
-            "--repo",
-            s(&lane),
-            "--password-file",
-            s(&setup.repo.pw),
-            "--backup-password-file",
-            s(&setup.phone_pw),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+        let args = digest_args(&lane);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let what = format!("seed {seed:#x}, run {n}, {kill:?}");
         match run_killed(t, n, &a, kill) {
@@ -496,6 +539,9 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
         );
         std::fs::remove_dir_all(&lane).unwrap();
     }
-    eprintln!("seed {seed:#x}: {killed} of {KILLS} runs killed: {}", log.join("; "));
-    assert!(killed >= KILLS / 2, "too few kills landed: {log:?}");
+    eprintln!(
+        "seed {seed:#x}: a digest makes {fsyncs} fsyncs; {killed} of {KILLS} runs killed: {}",
+        log.join("; ")
+    );
+    assert!(killed >= KILLS - 2, "too few kills landed: {log:?}");
 }

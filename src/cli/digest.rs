@@ -52,10 +52,18 @@ fn backup_password(a: &DigestArgs) -> anyhow::Result<Password> {
     Ok(Password::new(s.as_bytes()))
 }
 
-/// SNAP among readable records, or among raw records an interrupted digest left superseded
-/// (digest then finishes the job).
-fn resolve_raw(repo: &Repository, snap: &str) -> anyhow::Result<SnapshotId> {
-    match resolve(repo, snap) {
+/// What SNAP names.
+enum Target {
+    /// A raw snapshot to digest (or whose interrupted digest to finish).
+    Raw(SnapshotId),
+    /// A raw snapshot already digested and gone: (raw, digested).
+    Gone(SnapshotId, SnapshotId),
+}
+
+/// SNAP among readable records; else among raw records an interrupted digest left superseded
+/// (digest then finishes the job), or the `digested_from` of digested records (nothing to do).
+fn resolve_raw(repo: &Repository, snap: &str) -> anyhow::Result<Target> {
+    let err = match resolve(repo, snap) {
         Ok((id, rec)) => {
             if rec.kind != SnapshotKind::Raw {
                 bail!(
@@ -63,21 +71,31 @@ fn resolve_raw(repo: &Repository, snap: &str) -> anyhow::Result<SnapshotId> {
                     &id.to_hex()[..12]
                 );
             }
-            Ok(id)
+            return Ok(Target::Raw(id));
         }
-        Err(e) => {
-            let s = snap.to_ascii_lowercase();
-            let listing = repo.snapshot_listing()?;
-            let hits: Vec<_> = listing
-                .superseded_raw
-                .iter()
-                .filter(|id| id.to_hex().starts_with(&s))
-                .collect();
-            match hits.as_slice() {
-                [id] if !s.is_empty() => Ok(**id),
-                _ => Err(e),
-            }
-        }
+        Err(e) => e,
+    };
+    let s = snap.to_ascii_lowercase();
+    if s.len() < 4 {
+        return Err(err);
+    }
+    let listing = repo.snapshot_listing()?;
+    let hits: Vec<_> = listing
+        .superseded_raw
+        .iter()
+        .filter(|id| id.to_hex().starts_with(&s))
+        .collect();
+    if let [id] = hits.as_slice() {
+        return Ok(Target::Raw(**id));
+    }
+    let done: Vec<_> = listing
+        .snapshots
+        .iter()
+        .filter(|(_, r)| !r.digested_from.is_zero() && r.digested_from.to_hex().starts_with(&s))
+        .collect();
+    match done.as_slice() {
+        [(id, r)] => Ok(Target::Gone(r.digested_from, *id)),
+        _ => Err(err),
     }
 }
 
@@ -117,7 +135,24 @@ fn report_line(r: &DigestReport) -> String {
 pub fn run(a: DigestArgs) -> anyhow::Result<ExitCode> {
     let (mut repo, _) = open_repo(&a.repo)?;
     let target = match &a.snapshot {
-        Some(s) if !a.all => Some(resolve_raw(&repo, s)?),
+        Some(s) if !a.all => match resolve_raw(&repo, s)? {
+            Target::Raw(id) => Some(id),
+            Target::Gone(raw, id) => {
+                if a.json {
+                    let v = serde_json::json!({
+                        "digested": [], "skipped": [],
+                        "already": {"raw": raw.to_hex(), "snapshot": id.to_hex()},
+                    });
+                    println!("{v}");
+                } else {
+                    println!(
+                        "raw snapshot {} is already digested as {id}: nothing to do",
+                        &raw.to_hex()[..12]
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
         _ => None,
     };
     let pw = backup_password(&a)?;

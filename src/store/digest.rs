@@ -149,7 +149,10 @@ fn retire_superseded(
 ) -> Result<Vec<DigestReport>, DigestError> {
     let mut out = Vec::new();
     for raw in &listing.superseded_raw {
-        let Some((id, rec)) = listing.snapshots.iter().find(|(_, r)| r.digested_from == *raw)
+        let Some((id, rec)) = listing
+            .snapshots
+            .iter()
+            .find(|(_, r)| r.digested_from == *raw)
         else {
             continue;
         };
@@ -260,7 +263,8 @@ fn digest_locked(
         .map_err(DigestError::Scratch)?;
     let db_plain = scratch.path().join("Manifest.db");
     let db_exact = {
-        let mut out = io::BufWriter::new(fs::File::create(&db_plain).map_err(DigestError::Scratch)?);
+        let mut out =
+            io::BufWriter::new(fs::File::create(&db_plain).map_err(DigestError::Scratch)?);
         let exact = match db_top.encoding {
             TopEncoding::Raw => decrypt_db(
                 repo.open_stream(&db_top.stream),

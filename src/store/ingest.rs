@@ -446,9 +446,7 @@ pub fn ingest(
             }
         }
     }
-    let manifest_key = unlocked
-        .as_ref()
-        .and_then(|kb| manifest_key(kb, &manifest));
+    let manifest_key = unlocked.as_ref().and_then(|kb| manifest_key(kb, &manifest));
 
     // Manifest.db plaintext into local scratch (never on the drive).
     let scratch = tempfile::Builder::new()
