@@ -437,7 +437,7 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
     let seed = std::env::var("CRADLE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0xd16e_57u64);
+        .unwrap_or(0x00d1_6e57_u64);
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let setup = raw_setup(t, 54);

@@ -352,7 +352,7 @@ fn digest_locked(
     })?;
     // Data files without a row: kept as received, by fileID.
     let mut rest: Vec<([u8; 20], Stream)> = raw_files.into_iter().collect();
-    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    rest.sort_by_key(|a| a.0);
     for (fid, s) in rest {
         w.files_raw += 1;
         w.tick();

@@ -870,6 +870,11 @@ fn ingest_staged(
     Ok(Content::Raw(ctx.repo.put_stream(r, BlobKind::Raw)?))
 }
 
+/// The ciphertext source of `put_plaintext`: fills the buffer with the next piece, `false` at
+/// the end; it gets the repository between writes.
+pub(crate) type NextPiece<'a> =
+    dyn FnMut(&Repository, &mut Vec<u8>) -> Result<bool, RepoError> + 'a;
+
 /// Bytes of ciphertext handed to `put_plaintext` at a time from a staged file.
 const PIECE: usize = 1 << 20;
 
@@ -899,7 +904,7 @@ pub(crate) fn put_plaintext(
     repo: &mut Repository,
     key: &[u8; 32],
     size: u64,
-    next: &mut dyn FnMut(&Repository, &mut Vec<u8>) -> Result<bool, RepoError>,
+    next: &mut NextPiece<'_>,
 ) -> Result<Option<Stream>, RepoError> {
     if size == 0 || !size.is_multiple_of(16) {
         return Ok(None);
