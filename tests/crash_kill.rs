@@ -20,7 +20,7 @@ mod common;
 
 use common::repo::{init_args, sim_backup_args};
 use common::rng::{crash_seed, Rng};
-use common::{copy_tree, read_tree, s, Output, TreeEntry};
+use common::{copy_tree, phone_files, read_tree, s, Output, TreeEntry};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -107,20 +107,6 @@ fn export_tree(repo: &Path, pw: &Path, id: &str, scratch: &Path) -> Tree {
     let t = read_tree(&out);
     std::fs::remove_dir_all(&out).unwrap();
     t
-}
-
-/// The exported files a phone's backup of a day determines. Info.plist is the host's (with its
-/// clock); Status.plist says whether the backup was full, and a second backup of the same day
-/// (after a kill that came just after the commit) is incremental.
-fn phone_files(t: &Tree) -> Tree {
-    t.iter()
-        .filter(|(p, e)| {
-            matches!(e, TreeEntry::File { .. })
-                && !p.ends_with("/Info.plist")
-                && !p.ends_with("/Status.plist")
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 /// The first few differences between two trees, on one line.

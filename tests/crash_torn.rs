@@ -16,7 +16,7 @@
 mod common;
 
 use common::rng::{crash_seed, Rng};
-use common::{read_tree, TreeEntry};
+use common::{phone_files, read_tree, TreeEntry};
 use cradle::backup2::run::{run_backup, RunOptions};
 use cradle::lockdown::{HostIdentity, MemoryPairStore};
 use cradle::password::Password;
@@ -102,19 +102,6 @@ fn export_tree(repo: &Repository, id: &SnapshotId, scratch: &Path) -> Tree {
     let t = read_tree(&out);
     std::fs::remove_dir_all(&out).unwrap();
     t
-}
-
-/// The files the phone's backup of a day determines (not the host's Info.plist, nor
-/// Status.plist, which says whether the backup was full).
-fn phone_files(t: &Tree) -> Tree {
-    t.iter()
-        .filter(|(p, e)| {
-            matches!(e, TreeEntry::File { .. })
-                && !p.ends_with("/Info.plist")
-                && !p.ends_with("/Status.plist")
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 /// Snapshots by id and their exports, as the repository lists them now.

@@ -162,6 +162,20 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, TreeEntry> {
     out
 }
 
+/// The exported files a phone's backup of a day determines: not the host's Info.plist (with its
+/// clock), nor Status.plist, which says whether the backup was full (a second backup of the same
+/// day, after a kill just after the commit, is incremental).
+pub fn phone_files(t: &BTreeMap<String, TreeEntry>) -> BTreeMap<String, TreeEntry> {
+    t.iter()
+        .filter(|(p, e)| {
+            matches!(e, TreeEntry::File { .. })
+                && !p.ends_with("/Info.plist")
+                && !p.ends_with("/Status.plist")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Asserts two trees are equal, listing the first differences readably.
 pub fn assert_trees_equal(
     expected: &BTreeMap<String, TreeEntry>,
