@@ -36,7 +36,7 @@
 //!   `Meta` for file tables (own chunker sizes and own packs).
 //! - `Repository::open_stream` gives an `io::Read` over a stream, one chunk in memory at a time.
 //! - Tests use `storage::CrashStorage` (in memory; `crash()`, `crash_torn(n)`,
-//!   `fail_after_bytes(n)`, `remove_drive()`) and `InitOptions::for_tests()` (tiny Argon2id,
+//!   `fail_after_bytes(n)`, `remove_drive()`, `pull_after_ops(n)`) and `InitOptions::for_tests()` (tiny Argon2id,
 //!   small chunks and packs).
 //! - After any write error, drop the `Repository`: the unfinished `.tmp` pack is garbage that the
 //!   next writer's recovery deletes; everything flushed before stays readable.
@@ -65,4 +65,5 @@ pub mod stats;
 pub mod storage;
 pub mod stream;
 pub mod table;
+pub mod tz;
 pub mod walk;
