@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{read_tree, s, Output, TreeEntry};
+use common::repo::{Repo, LIMIT};
+use common::rng::{crash_seed, Rng};
+use common::{copy_tree, read_tree, s, Output, TreeEntry};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -19,7 +21,6 @@ use std::time::{Duration, Instant};
 
 const PROFILE: &str = "tiny";
 const DPIC: &str = "1000";
-const LIMIT: Duration = Duration::from_secs(300);
 const REPO_PW: &str = "digest repository password";
 const PHONE_PW: &str = "the phone's own backup password";
 
@@ -35,39 +36,18 @@ fn pw_file(dir: &Path, name: &str, pw: &str) -> PathBuf {
     p
 }
 
-struct Repo {
-    path: PathBuf,
-    pw: PathBuf,
+/// A repository at `path` opened with the password file `pw`.
+fn repo_at(path: PathBuf, pw: PathBuf) -> Repo {
+    Repo {
+        path,
+        pw,
+        state: PathBuf::new(),
+    }
 }
 
 impl Repo {
-    fn init(dir: &Path) -> Repo {
-        let pw = pw_file(dir, "repo-password", REPO_PW);
-        let path = dir.join("Cradle");
-        let o = cradle(&[
-            "init",
-            "--repo",
-            s(&path),
-            "--password-file",
-            s(&pw),
-            "--insecure-fast-kdf",
-        ]);
-        assert!(o.success, "init: {o:?}");
-        Repo { path, pw }
-    }
-
-    fn at(path: PathBuf, pw: PathBuf) -> Repo {
-        Repo { path, pw }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut a = args.to_vec();
-        a.extend_from_slice(&["--repo", s(&self.path), "--password-file", s(&self.pw)]);
-        cradle(&a)
-    }
-
-    /// `cradle backup --sim … --to-repo` with the repository's password: (stdout line, bytes
-    /// the phone sent for data files).
+    /// `cradle backup --sim … --to-repo` with the repository's password, the phone's encryption
+    /// left as it is: (stdout line, bytes the phone sent for data files).
     fn backup(&self, state: &Path, seed: u64, day: u32) -> (String, u64) {
         let spec = format!("{PROFILE}:{seed}:{day}");
         let o = cradle(&[
@@ -150,19 +130,6 @@ fn dir_size(p: &Path) -> u64 {
     n
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 /// A phone (sim seed) whose backups are encrypted with `phone_pw`, set by a first backup into a
 /// plain folder; returns its paired state folder and that folder backup (`<udid>/…`).
 fn phone(dir: &Path, seed: u64, phone_pw: &Path) -> (PathBuf, PathBuf) {
@@ -206,7 +173,7 @@ struct RawSetup {
 }
 
 fn raw_setup(dir: &Path, seed: u64) -> RawSetup {
-    let repo = Repo::init(dir);
+    let repo = Repo::init(dir, REPO_PW);
     let phone_pw = pw_file(dir, "phone-password", PHONE_PW);
     let (state, folder) = phone(dir, seed, &phone_pw);
     let (line, _) = repo.backup(&state, seed, 1);
@@ -368,23 +335,6 @@ fn digest_all_skips_a_raw_snapshot_of_another_password() {
     repo.check("after both digests");
 }
 
-/// splitmix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Kill {
     AfterFsyncs(u64),
@@ -434,10 +384,7 @@ fn run_killed(dir: &Path, n: usize, args: &[&str], kill: Kill) -> Result<Output,
 #[test]
 fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
     const KILLS: usize = 8;
-    let seed = std::env::var("CRADLE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x00d1_6e57_u64);
+    let seed = crash_seed(0x00d1_6e57);
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let setup = raw_setup(t, 54);
@@ -465,7 +412,7 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
     let probe = t.join("probe");
     copy_tree(&setup.repo.path, &probe);
     let started = Instant::now();
-    let o = Repo::at(probe.clone(), setup.repo.pw.clone())
+    let o = repo_at(probe.clone(), setup.repo.pw.clone())
         .digest(&[&setup.raw_id[..12]], &setup.phone_pw);
     assert!(o.success, "probe digest: {o:?}");
     let full_ms = started.elapsed().as_millis() as u64;
@@ -495,7 +442,7 @@ fn digest_killed_at_random_points_leaves_one_exportable_snapshot_and_reruns() {
     for n in 0..KILLS {
         let lane = t.join(format!("lane-{n}"));
         copy_tree(&setup.repo.path, &lane);
-        let repo = Repo::at(lane.clone(), setup.repo.pw.clone());
+        let repo = repo_at(lane.clone(), setup.repo.pw.clone());
         // The last fsyncs (record durable, raw record deleted, pins, index) every time; then
         // random fsyncs, and SIGKILLs at random times.
         let kill = match n {
