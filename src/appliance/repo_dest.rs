@@ -455,6 +455,12 @@ impl Storage for WatchedStorage {
     fn sync_all(&self) -> StorageResult<()> {
         self.note(self.inner.sync_all())
     }
+    fn modified_ms(&self, path: &str) -> StorageResult<i64> {
+        self.inner.modified_ms(path)
+    }
+    fn touch(&self, path: &str) -> StorageResult<()> {
+        self.inner.touch(path)
+    }
     fn local_root(&self) -> Option<&Path> {
         self.inner.local_root()
     }

@@ -22,7 +22,7 @@ use super::snapshot::{
 use super::staging::{BaseFile, Node, Session, StagingError, TreeError, WorkTree};
 use super::stream::Stream;
 use super::table::{Content, FileEntry, Row};
-use crate::ios_backup::cbc_stream::{self, DecryptReader, PaddingMode, PaddingOutcome};
+use crate::ios_backup::cbc_stream::{self, DecryptPush, PaddingOutcome};
 use crate::ios_backup::is_valid_file_id;
 use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::keywrap::WrappedKey;
@@ -325,7 +325,20 @@ fn read_small(ctx: &Ctx<'_>, node: &Node, what: &str) -> Result<Vec<u8>, IngestE
     Ok(out)
 }
 
-fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
+/// The ManifestKey (Manifest.db's own key) from an unlocked keybag; `None` when Manifest.plist
+/// has none or it does not unwrap.
+pub(crate) fn manifest_key(
+    kb: &UnlockedKeybag,
+    manifest: &ManifestPlist,
+) -> Option<Zeroizing<[u8; 32]>> {
+    let mk = manifest.manifest_key()?;
+    WrappedKey::decode(mk)
+        .ok()
+        .and_then(|w| kb.unwrap_file_key(&w).ok())
+}
+
+/// A data file's own key from its MBFile's wrapped `EncryptionKey`.
+pub(crate) fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
     let blob = f.encryption_key.as_deref()?;
     let w = WrappedKey::decode(blob).ok()?;
     kb.unwrap_file_key(&w).ok()
@@ -472,12 +485,7 @@ pub fn ingest(
             }
         }
     }
-    let manifest_key = match (&unlocked, manifest.manifest_key()) {
-        (Some(kb), Some(mk)) => WrappedKey::decode(mk)
-            .ok()
-            .and_then(|w| kb.unwrap_file_key(&w).ok()),
-        _ => None,
-    };
+    let manifest_key = unlocked.as_ref().and_then(|kb| manifest_key(kb, &manifest));
 
     // Manifest.db plaintext into local scratch (never on the drive).
     let scratch = tempfile::Builder::new()
@@ -811,7 +819,7 @@ fn row_entry(
     })
 }
 
-fn hex20(s: &str) -> Option<[u8; 20]> {
+pub(crate) fn hex20(s: &str) -> Option<[u8; 20]> {
     let mut b = [0u8; 20];
     hex::decode_to_slice(s, &mut b).ok()?;
     Some(b)
@@ -848,7 +856,9 @@ fn plain_manifest_db(
     Ok(exact)
 }
 
-fn decrypt_db(
+/// Decrypts Manifest.db (`key`; none: copied as is) into `out`; `Ok(true)` when re-encrypting
+/// the plaintext gives back the `len` bytes read exactly (§9.2).
+pub(crate) fn decrypt_db(
     src: impl Read,
     key: Option<&[u8; 32]>,
     out: &mut impl io::Write,
@@ -887,22 +897,78 @@ fn ingest_staged(
         let r = ctx.staged_reader(staged, sealed)?;
         return Ok(Content::Plain(ctx.repo.put_stream(r, BlobKind::Data)?));
     }
-    if let Some(k) = key.filter(|_| size > 0 && size.is_multiple_of(16)) {
-        let r = DecryptReader::with_padding(
-            ctx.staged_reader(staged, sealed)?,
-            &k,
-            PaddingMode::Strict,
-        );
-        match ctx.repo.put_stream(r, BlobKind::Data) {
-            Ok(s) => return Ok(Content::Plain(s)),
-            Err(RepoError::Input(e)) => {
-                tracing::info!(error = %e, "a data file does not decrypt exactly: kept raw");
-            }
+    if let Some(k) = key {
+        let mut r = ctx.staged_reader(staged, sealed)?;
+        let mut next = |_: &Repository, buf: &mut Vec<u8>| read_piece(&mut r, buf);
+        match put_plaintext(ctx.repo, &k, size, &mut next) {
+            Ok(Some(s)) => return Ok(Content::Plain(s)),
+            Ok(None) => tracing::info!("a data file does not decrypt exactly: kept raw"),
+            // The staged copy did not read; storing it raw below reports why.
+            Err(RepoError::Input(e)) => tracing::info!(error = %e, "a staged file did not read"),
             Err(e) => return Err(e.into()),
         }
     }
     let r = ctx.staged_reader(staged, sealed)?;
     Ok(Content::Raw(ctx.repo.put_stream(r, BlobKind::Raw)?))
+}
+
+/// The ciphertext source of `put_plaintext`: fills the buffer with the next piece, `false` at
+/// the end; it gets the repository between writes.
+pub(crate) type NextPiece<'a> =
+    dyn FnMut(&Repository, &mut Vec<u8>) -> Result<bool, RepoError> + 'a;
+
+/// Bytes of ciphertext handed to `put_plaintext` at a time from a staged file.
+const PIECE: usize = 1 << 20;
+
+/// Reads the next piece of `r` into `buf`; `false` at the end.
+fn read_piece(r: &mut dyn Read, buf: &mut Vec<u8>) -> Result<bool, RepoError> {
+    buf.resize(PIECE, 0);
+    loop {
+        match r.read(buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(n > 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(RepoError::Input(e)),
+        }
+    }
+}
+
+/// Stores the plaintext of one Apple data file of `size` ciphertext bytes, decrypted with its own
+/// `key` (zero IV), when §9.2 allows it: a non-zero multiple of 16 bytes with valid PKCS#7, so
+/// that export re-encrypts it exactly. `next` fills its buffer with the next piece of ciphertext
+/// (`false` at the end); it gets the repository between writes, so the ciphertext may itself be
+/// a stored stream (`digest`). `Ok(None)`: kept raw by the caller (the chunks already written are
+/// garbage for `prune`). Ingest and digest both store plaintext through here, so they cut, dedup
+/// and pack the same bytes the same way. Memory: one piece and the stream writer's buffer.
+pub(crate) fn put_plaintext(
+    repo: &mut Repository,
+    key: &[u8; 32],
+    size: u64,
+    next: &mut NextPiece<'_>,
+) -> Result<Option<Stream>, RepoError> {
+    if size == 0 || !size.is_multiple_of(16) {
+        return Ok(None);
+    }
+    let mut dec = DecryptPush::new(key);
+    let mut w = repo.stream_writer(BlobKind::Data);
+    let mut piece = Vec::new();
+    let mut plain = Zeroizing::new(Vec::new());
+    while next(repo, &mut piece)? {
+        plain.clear();
+        dec.update(&piece, &mut plain);
+        w.write(repo, &plain)?;
+    }
+    plain.clear();
+    match dec.finish(&mut plain) {
+        Ok(d) if d.ciphertext_len == size => {
+            w.write(repo, &plain)?;
+            Ok(Some(w.finish(repo)?))
+        }
+        Ok(_) => Ok(None),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Ingests every `done` session left on the drive (after a crash) and deletes unfinished ones.
