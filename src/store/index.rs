@@ -15,7 +15,7 @@ pub const INDEX_LAYOUT_VERSION: u32 = 1;
 /// Engine code for sled 0.34.
 pub const ENGINE_SLED_034: u32 = 1;
 /// sled page cache size (bounded memory on the 512 MiB board).
-pub const CACHE_CAPACITY: u64 = 32 << 20;
+pub const CACHE_CAPACITY: u64 = 8 << 20;
 /// Length of `VERSION`.
 pub const VERSION_LEN: usize = 56;
 
