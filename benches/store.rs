@@ -284,8 +284,17 @@ fn mode_stage_many() {
         sink.write_all(content(i).as_bytes()).expect("write");
         sink.commit().expect("commit");
     }
+    // Manifest.db streamed from its file, as the phone sends it (it is large at 1.3M rows).
+    let mut sink = target
+        .create_file(&bp(&format!("{udid}/Manifest.db")))
+        .expect("create");
+    std::io::copy(
+        &mut std::fs::File::open(&db).expect("open Manifest.db"),
+        &mut sink,
+    )
+    .expect("write");
+    sink.commit().expect("commit");
     let tops = [
-        ("Manifest.db", std::fs::read(&db).expect("read")),
         ("Manifest.plist", sb.manifest_plist().to_bytes()),
         ("Status.plist", sb.status_plist(true).to_bytes()),
         ("Info.plist", sb.info_plist().to_xml()),

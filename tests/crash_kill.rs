@@ -18,7 +18,9 @@
 
 mod common;
 
-use common::{read_tree, s, Output, TreeEntry};
+use common::repo::{init_args, sim_backup_args};
+use common::rng::{crash_seed, Rng};
+use common::{copy_tree, phone_files, read_tree, s, Output, TreeEntry};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -45,28 +47,6 @@ const FSYNCS: [u64; 3] = [200, 80, 90];
 
 type Tree = BTreeMap<String, TreeEntry>;
 
-/// splitmix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Kill {
     /// SIGKILL this long after spawn.
@@ -89,36 +69,15 @@ struct Reference {
 }
 
 fn backup_args(repo: &Path, state: &Path, pw: &Path, day: u32) -> Vec<String> {
-    [
-        "backup".to_string(),
-        "--sim".into(),
-        format!("{PROFILE}:{PHONE_SEED}:{day}"),
-        "--sim-dpic".into(),
-        DPIC.into(),
-        "--to-repo".into(),
-        s(repo).into(),
-        "--state-dir".into(),
-        s(state).into(),
-        "--encrypt".into(),
-        "--password-file".into(),
-        s(pw).into(),
-    ]
-    .to_vec()
+    let spec = format!("{PROFILE}:{PHONE_SEED}:{day}");
+    sim_backup_args(&spec, DPIC, repo, state, pw)
+        .map(String::from)
+        .to_vec()
 }
 
 fn init_repo(dir: &Path, pw: &Path) -> PathBuf {
     let repo = dir.join("Cradle");
-    let o = common::run_cradle(
-        &[
-            "init",
-            "--repo",
-            s(&repo),
-            "--password-file",
-            s(pw),
-            "--insecure-fast-kdf",
-        ],
-        LIMIT,
-    );
+    let o = common::run_cradle(&init_args(&repo, pw), LIMIT);
     assert!(o.success, "init: {o:?}");
     repo
 }
@@ -150,20 +109,6 @@ fn export_tree(repo: &Path, pw: &Path, id: &str, scratch: &Path) -> Tree {
     t
 }
 
-/// The exported files a phone's backup of a day determines. Info.plist is the host's (with its
-/// clock); Status.plist says whether the backup was full, and a second backup of the same day
-/// (after a kill that came just after the commit) is incremental.
-fn phone_files(t: &Tree) -> Tree {
-    t.iter()
-        .filter(|(p, e)| {
-            matches!(e, TreeEntry::File { .. })
-                && !p.ends_with("/Info.plist")
-                && !p.ends_with("/Status.plist")
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 /// The first few differences between two trees, on one line.
 fn differences(want: &Tree, got: &Tree) -> String {
     let mut d = Vec::new();
@@ -182,19 +127,6 @@ fn differences(want: &Tree, got: &Tree) -> String {
     let n = d.len();
     d.truncate(8);
     format!("{n} differences: {}", d.join(", "))
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// Runs `cradle ARGS` in `dir`, killed as `kill` says; output goes to files in `dir`.
@@ -451,10 +383,7 @@ fn check(repo: &Path, pw: &Path) -> Option<Output> {
 
 #[test]
 fn backups_killed_at_random_points_lose_nothing_and_the_next_run_completes() {
-    let seed = std::env::var("CRADLE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
+    let seed = crash_seed(DEFAULT_SEED);
     eprintln!("crash_kill: schedule seed {seed} (rerun with CRADLE_CRASH_SEED={seed})");
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
@@ -578,11 +507,7 @@ impl Lane<'_> {
 
 #[test]
 fn prune_and_index_rebuild_killed_at_random_points_keep_every_kept_snapshot() {
-    let seed = std::env::var("CRADLE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SEED)
-        ^ 0x9e37_79b9;
+    let seed = crash_seed(DEFAULT_SEED) ^ 0x9e37_79b9;
     eprintln!("crash_kill maintenance: schedule seed {seed}");
     let tmp = tempfile::tempdir().unwrap();
     let pw = common::password_file(tmp.path(), PASSWORD);

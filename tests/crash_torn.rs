@@ -15,7 +15,8 @@
 
 mod common;
 
-use common::{read_tree, TreeEntry};
+use common::rng::{crash_seed, Rng};
+use common::{phone_files, read_tree, TreeEntry};
 use cradle::backup2::run::{run_backup, RunOptions};
 use cradle::lockdown::{HostIdentity, MemoryPairStore};
 use cradle::password::Password;
@@ -38,30 +39,6 @@ const DEFAULT_SEED: u64 = 0x7042_c0de;
 const CUTS: usize = 12;
 
 type Tree = BTreeMap<String, TreeEntry>;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("CRADLE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SEED)
-}
 
 /// The simulated phone of one day, with the host that pairs with it.
 struct PhoneDay {
@@ -127,19 +104,6 @@ fn export_tree(repo: &Repository, id: &SnapshotId, scratch: &Path) -> Tree {
     t
 }
 
-/// The files the phone's backup of a day determines (not the host's Info.plist, nor
-/// Status.plist, which says whether the backup was full).
-fn phone_files(t: &Tree) -> Tree {
-    t.iter()
-        .filter(|(p, e)| {
-            matches!(e, TreeEntry::File { .. })
-                && !p.ends_with("/Info.plist")
-                && !p.ends_with("/Status.plist")
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 /// Snapshots by id and their exports, as the repository lists them now.
 fn all_exports(repo: &Repository, scratch: &Path) -> BTreeMap<SnapshotId, Tree> {
     repo.list_snapshots()
@@ -154,10 +118,10 @@ fn all_exports(repo: &Repository, scratch: &Path) -> BTreeMap<SnapshotId, Tree> 
 
 /// Days 1..day-1 backed up without a cut, then `CUTS` cuts into day `day`'s backup and ingest.
 fn cuts_into_day(day: u32) {
-    let seed = seed() ^ u64::from(day).wrapping_mul(0x51_7cc1_b727_220a);
+    let seed = crash_seed(DEFAULT_SEED) ^ u64::from(day).wrapping_mul(0x51_7cc1_b727_220a);
     eprintln!(
         "crash_torn day {day}: seed {seed} (CRADLE_CRASH_SEED={})",
-        self::seed()
+        crash_seed(DEFAULT_SEED)
     );
     let mut rng = Rng(seed);
     let scratch = tempfile::tempdir().unwrap();

@@ -5,89 +5,22 @@
 
 mod common;
 
-use common::{run_with_timeout, Output};
+use common::repo::{snapshot_line, Repo, LIMIT};
+use common::{run_cradle, s, Output};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-const LIMIT: Duration = Duration::from_secs(300);
 const PASSWORD: &str = "ops e2e password";
 
 fn cradle(args: &[&str]) -> Output {
-    let mut c = common::cradle();
-    c.args(args);
-    run_with_timeout(c, LIMIT)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct Repo {
-    path: PathBuf,
-    pw: PathBuf,
-    state: PathBuf,
+    run_cradle(args, LIMIT)
 }
 
 impl Repo {
-    fn init(tmp: &Path) -> Repo {
-        let pw = common::password_file(tmp, PASSWORD);
-        let path = tmp.join("Cradle");
-        let o = cradle(&[
-            "init",
-            "--repo",
-            s(&path),
-            "--password-file",
-            s(&pw),
-            "--insecure-fast-kdf",
-        ]);
-        assert!(o.success, "init: {o:?}");
-        Repo {
-            path,
-            pw,
-            state: tmp.join("state"),
-        }
-    }
-
-    /// Runs a command with `--repo` and the password file appended.
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_pw(args, &self.pw)
-    }
-
-    fn run_pw(&self, args: &[&str], pw: &Path) -> Output {
-        let mut a = args.to_vec();
-        a.extend_from_slice(&["--repo", s(&self.path), "--password-file", s(pw)]);
-        cradle(&a)
-    }
-
+    /// The phone `tiny:SEED:DAY` backed up (each phone its own state): the new snapshot's id.
     fn backup(&self, seed: u64, day: u32) -> String {
         let spec = format!("tiny:{seed}:{day}");
-        let o = cradle(&[
-            "backup",
-            "--sim",
-            &spec,
-            "--sim-dpic",
-            "1000",
-            "--to-repo",
-            s(&self.path),
-            "--state-dir",
-            s(&self.state.join(seed.to_string())),
-            "--encrypt",
-            "--password-file",
-            s(&self.pw),
-        ]);
-        assert!(o.success, "backup {spec}: {o:?}");
-        let line = o
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("snapshot "))
-            .unwrap_or_else(|| panic!("no snapshot line: {o:?}"));
-        line.split(' ').nth(1).unwrap().to_string()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let o = self.run(args);
-        assert!(o.success, "{args:?}: {o:?}");
-        serde_json::from_str(o.stdout.trim()).unwrap()
+        let o = self.sim_backup(&spec, "1000", &self.state.join(seed.to_string()));
+        snapshot_line(&o).split(' ').nth(1).unwrap().to_string()
     }
 
     fn snapshot_ids(&self) -> Vec<String> {
@@ -123,7 +56,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 #[test]
 fn check_clean_flipped_byte_deleted_pack_and_could_not_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let ids = sorted((1..=3).map(|d| repo.backup(7, d)).collect());
     assert_eq!(repo.snapshot_ids(), ids);
 
@@ -239,7 +172,7 @@ fn check_clean_flipped_byte_deleted_pack_and_could_not_run() {
 #[test]
 fn prune_with_pins_then_export_and_check() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let days: Vec<String> = (1..=4).map(|d| repo.backup(11, d)).collect();
     let before: u64 = repo.packs().iter().map(|(_, l)| l).sum();
     let o = repo.run(&["pin", &days[0][..10], "--note", "first day"]);
@@ -288,7 +221,7 @@ fn prune_with_pins_then_export_and_check() {
 #[test]
 fn stats_figures_match_the_snapshots_and_the_drive() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     for d in 1..=3 {
         repo.backup(5, d);
     }
@@ -324,7 +257,7 @@ fn stats_figures_match_the_snapshots_and_the_drive() {
 #[test]
 fn password_change_and_index_rebuild() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let ids = sorted((1..=2).map(|d| repo.backup(3, d)).collect());
     let listing = repo.run(&["snapshots"]).stdout;
     let ls = repo.run(&["ls", "latest"]).stdout;

@@ -4,18 +4,13 @@
 
 mod common;
 
-use common::{run_with_timeout, Output};
+use common::repo::{init_args, sim_backup_args, snapshot_line, LIMIT};
+use common::{run_with_timeout, s, Output};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const DPIC: &str = "1000";
-const LIMIT: Duration = Duration::from_secs(300);
 const OLD: &str = "old backup password";
 const NEW: &str = "new backup password";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 struct Box {
     tmp: tempfile::TempDir,
@@ -44,14 +39,7 @@ impl Box {
             new,
             tmp,
         };
-        let o = b.cradle(&[
-            "init",
-            "--repo",
-            s(&b.repo),
-            "--password-file",
-            s(&b.old),
-            "--insecure-fast-kdf",
-        ]);
+        let o = b.cradle(&init_args(&b.repo, &b.old));
         assert!(o.success, "init: {o:?}");
         b
     }
@@ -76,20 +64,8 @@ impl Box {
 
     /// `cradle backup --to-repo` of day `day`: the snapshot line.
     fn backup(&self, day: u32, pw: &Path) -> Output {
-        self.cradle(&[
-            "backup",
-            "--sim",
-            &format!("tiny:5:{day}"),
-            "--sim-dpic",
-            DPIC,
-            "--to-repo",
-            s(&self.repo),
-            "--state-dir",
-            s(&self.state),
-            "--encrypt",
-            "--password-file",
-            s(pw),
-        ])
+        let spec = format!("tiny:5:{day}");
+        self.cradle(&sim_backup_args(&spec, DPIC, &self.repo, &self.state, pw))
     }
 
     fn change(&self, old: &Path, extra: &[&str]) -> Output {
@@ -121,13 +97,6 @@ impl Box {
             "--json",
         ])
     }
-}
-
-fn snapshot_line(o: &Output) -> &str {
-    o.stdout
-        .lines()
-        .find(|l| l.starts_with("snapshot "))
-        .unwrap_or_else(|| panic!("no snapshot line: {o:?}"))
 }
 
 /// Whether this machine can seal with the host key (systemd-creds present, no TPM in the way):

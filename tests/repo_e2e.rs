@@ -8,77 +8,27 @@
 
 mod common;
 
+use common::repo::{snapshot_line, Repo, LIMIT};
 use common::serve::Serve;
-use common::{assert_trees_equal, read_tree, run_with_timeout, s, Output, TreeEntry};
+use common::{assert_trees_equal, copy_tree, read_tree, run_with_timeout, s, Output, TreeEntry};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PROFILE: &str = "tiny";
 const DPIC: &str = "1000";
-const LIMIT: Duration = Duration::from_secs(300);
 const PASSWORD: &str = "repo e2e password";
 
 fn cradle(args: &[&str]) -> Output {
     common::run_cradle(args, LIMIT)
 }
 
-struct Repo {
-    path: PathBuf,
-    pw: PathBuf,
-    state: PathBuf,
-}
-
 impl Repo {
-    fn init(tmp: &Path) -> Repo {
-        let pw = common::password_file(tmp, PASSWORD);
-        let path = tmp.join("Cradle");
-        let o = cradle(&[
-            "init",
-            "--repo",
-            s(&path),
-            "--password-file",
-            s(&pw),
-            "--insecure-fast-kdf",
-        ]);
-        assert!(o.success, "init: {o:?}");
-        Repo {
-            path,
-            pw,
-            state: tmp.join("state-repo"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut a = args.to_vec();
-        a.extend_from_slice(&["--repo", s(&self.path), "--password-file", s(&self.pw)]);
-        cradle(&a)
-    }
-
     /// `cradle backup --sim … --to-repo`: (bytes the phone sent for data files, stdout).
     fn backup(&self, seed: u64, day: u32) -> (u64, String) {
-        let spec = format!("{PROFILE}:{seed}:{day}");
-        let o = cradle(&[
-            "backup",
-            "--sim",
-            &spec,
-            "--sim-dpic",
-            DPIC,
-            "--to-repo",
-            s(&self.path),
-            "--state-dir",
-            s(&self.state),
-            "--encrypt",
-            "--password-file",
-            s(&self.pw),
-        ]);
-        assert!(o.success, "backup --to-repo {spec}: {o:?}");
-        let line = o
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("snapshot "))
-            .unwrap_or_else(|| panic!("no snapshot line in {}", o.stdout));
+        let o = self.sim_backup(&format!("{PROFILE}:{seed}:{day}"), DPIC, &self.state);
+        let line = snapshot_line(&o);
         assert!(line.contains("(digested)"), "{line}");
         // "… N files (M new, B bytes) …"
         let b = line.split(" new, ").nth(1).unwrap();
@@ -87,9 +37,7 @@ impl Repo {
     }
 
     fn snapshot_ids(&self) -> Vec<(String, String)> {
-        let o = self.run(&["snapshots", "--json"]);
-        assert!(o.success, "{o:?}");
-        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+        let v = self.json(&["snapshots", "--json"]);
         v.as_array()
             .unwrap()
             .iter()
@@ -161,24 +109,11 @@ fn sim_tree(tmp: &Path, seed: u64, day: u32) -> BTreeMap<String, TreeEntry> {
     common::sim_tree(tmp, PROFILE, seed, day, LIMIT)
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn three_days_into_a_repository_export_byte_identical_and_store_only_changes() {
     const SEED: u64 = 41;
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let folder = tmp.path().join("folder");
     let mut kept = Vec::new();
     let mut sizes = vec![repo.size()];
@@ -281,7 +216,7 @@ fn export_matches_idevicebackup2_over_sim_serve() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let sim_state = tmp.path().join("sim-state");
     let seed = SEED.to_string();
     let serve = Serve::start([
@@ -337,7 +272,7 @@ fn export_matches_idevicebackup2_over_sim_serve() {
 #[test]
 fn two_phones_on_one_drive() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     let (sent1, _) = repo.backup(51, 1);
     let s1 = repo.size();
     let (sent2, _) = repo.backup(52, 1);
@@ -368,7 +303,7 @@ fn two_phones_on_one_drive() {
 #[test]
 fn wrong_password_is_one_clear_line_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     repo.backup(61, 1);
     let before = read_tree(&repo.path);
     let bad = tmp.path().join("bad-pw");
@@ -413,7 +348,7 @@ fn a_second_writer_is_refused_while_the_lock_is_held_and_nothing_changes() {
     use std::sync::Arc;
 
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(tmp.path());
+    let repo = Repo::init(tmp.path(), PASSWORD);
     repo.backup(62, 1);
     // This (live) test process holds the writer lock, as a running prune would.
     let storage = Arc::new(LocalStorage::new(&repo.path).unwrap());

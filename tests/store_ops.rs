@@ -2,28 +2,25 @@
 //! subset), `prune` (retention, repacking, pins, a crash at every step), `stats` with known data,
 //! password changes, and the index rebuilt when deleted or damaged.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use common::store::{init_on, open_on, record, write_table, PW, UDID};
 use cradle::password::Password;
-use cradle::store::check::{check, CheckOptions, ReadData};
-use cradle::store::chunker::ChunkerParams;
+use cradle::store::check::{check, CheckOptions, CheckReport, ReadData};
 use cradle::store::ids::SnapshotId;
 use cradle::store::keyring;
 use cradle::store::lock::{HostFacts, LockEnv, SystemLockEnv};
 use cradle::store::prune::{prune, Policy, PruneOptions};
-use cradle::store::repo::{InitOptions, RepoError, Repository};
+use cradle::store::repo::{RepoError, Repository};
 use cradle::store::seal::BlobKind;
-use cradle::store::snapshot::{
-    BackupKek, DeviceInfo, Pin, SnapshotKind, SnapshotRecord, TopEncoding, TopFile,
-};
+use cradle::store::snapshot::Pin;
 use cradle::store::stats::stats;
-use cradle::store::storage::{CrashStorage, LocalStorage, NewFile, Storage, StorageResult};
+use cradle::store::storage::{CrashStorage, LocalStorage, Storage};
 use cradle::store::table::{Content, FileEntry, Row, FLAG_FILE};
 
-const PW: &str = "pw";
-const UDID: &str = "00008110-000A1B2C3D4E5F60";
 const DAY: i64 = 86_400_000;
 const BASE: i64 = 1_764_000_000_000; // 2025-11-24
 
@@ -42,6 +39,9 @@ impl LockEnv for AfterCrash {
     fn now_ms(&self) -> i64 {
         SystemLockEnv.now_ms()
     }
+    fn clock_synced(&self) -> bool {
+        SystemLockEnv.clock_synced()
+    }
 }
 
 fn data(seed: &str, n: usize) -> Vec<u8> {
@@ -57,14 +57,6 @@ fn file_id(path: &str) -> [u8; 20] {
     let mut id = [0u8; 20];
     id.copy_from_slice(&blake3::hash(path.as_bytes()).as_bytes()[..20]);
     id
-}
-
-fn setup_on(s: Arc<dyn Storage>) -> Repository {
-    Repository::init(s, &Password::new(PW), &InitOptions::for_tests()).unwrap()
-}
-
-fn open(s: Arc<dyn Storage>) -> Repository {
-    Repository::open(s, &Password::new(PW)).unwrap()
 }
 
 /// Commits a snapshot of `files` (path under HomeDomain, content), dated `BASE + day` days.
@@ -85,45 +77,9 @@ fn snapshot(repo: &mut Repository, udid: &str, day: i64, files: &[(&str, &[u8])]
             content: Content::Plain(st),
         });
     }
-    let mut w = repo.file_table_writer();
-    for e in &entries {
-        w.push(repo, e).unwrap();
-    }
-    let t = w.finish(repo).unwrap();
-    let manifest = repo
-        .put_stream(
-            format!("<plist>{udid} {day}</plist>").as_bytes(),
-            BlobKind::Data,
-        )
-        .unwrap();
-    let rec = SnapshotRecord {
-        kind: SnapshotKind::Digested,
-        device: DeviceInfo {
-            udid: udid.into(),
-            device_name: "Test iPhone".into(),
-            product_type: "iPhone15,2".into(),
-            product_version: "17.5.1".into(),
-            build_version: "21F90".into(),
-            serial_number: "F2LTEST".into(),
-        },
-        phone_date: BASE + day * DAY,
-        box_started: 1,
-        box_finished: 2,
-        box_clock_synced: false,
-        is_full_backup: true,
-        parent: SnapshotId::ZERO,
-        digested_from: SnapshotId::ZERO,
-        backup_kek: BackupKek([9; 32]),
-        chunker_used: ChunkerParams::DATA_DEFAULT,
-        top_files: vec![TopFile {
-            name: "Manifest.plist".into(),
-            encoding: TopEncoding::Verbatim,
-            stream: manifest,
-        }],
-        counts: t.counts,
-        content_bytes: t.content_bytes,
-        file_table: t.table,
-    };
+    let t = write_table(repo, &entries);
+    let manifest = format!("<plist>{udid} {day}</plist>");
+    let rec = record(repo, udid, BASE + day * DAY, manifest.as_bytes(), &t);
     repo.commit_snapshot(&rec).unwrap()
 }
 
@@ -158,6 +114,18 @@ fn file_stream(repo: &Repository, id: &SnapshotId, path: &str) -> cradle::store:
     panic!("no {path}");
 }
 
+/// `check --read-data` of the whole repository.
+fn check_all(repo: &Repository) -> CheckReport {
+    check(
+        repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
 struct Scenario {
     s: CrashStorage,
     /// Day 0: a (200 kB), b (50 kB). Day 1: b, c (100 kB). Day 2: b, c, d (30 kB).
@@ -170,7 +138,7 @@ struct Scenario {
 
 fn scenario() -> Scenario {
     let s = CrashStorage::new();
-    let mut repo = setup_on(Arc::new(s.clone()));
+    let mut repo = init_on(Arc::new(s.clone()));
     let (a, b, c, d) = (
         data("a", 200_000),
         data("b", 50_000),
@@ -193,7 +161,7 @@ fn scenario() -> Scenario {
 #[test]
 fn check_clean_repository_is_ok() {
     let sc = scenario();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     let mut calls = 0;
     let r = check(
         &repo,
@@ -216,25 +184,18 @@ fn check_clean_repository_is_ok() {
 #[test]
 fn check_read_data_names_the_damaged_snapshots_and_files() {
     let sc = scenario();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     // Flip one byte inside the first blob of b.bin (shared by all three snapshots).
     let st = file_stream(&repo, &sc.ids[0], "b.bin");
     let loc = repo.chunk_location(&st.ids[0]).unwrap();
     assert!(sc.s.tamper(&loc.pack.path(), |bytes| {
         bytes[loc.blob.offset as usize + 30] ^= 0x01;
     }));
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     // The structure still checks out: only reading the blob finds it.
     let r = check(&repo, &CheckOptions::default(), &mut |_| {}).unwrap();
     assert!(r.is_ok(), "{r:?}");
-    let r = check(
-        &repo,
-        &CheckOptions {
-            read_data: ReadData::All,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let r = check_all(&repo);
     assert!(!r.is_ok());
     let mut named: Vec<SnapshotId> = r.damaged.iter().map(|d| d.id).collect();
     named.sort();
@@ -271,11 +232,11 @@ fn check_read_data_names_the_damaged_snapshots_and_files() {
 #[test]
 fn check_reports_a_deleted_pack_without_reading_data() {
     let sc = scenario();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     let st = file_stream(&repo, &sc.ids[2], "d.bin");
     let loc = repo.chunk_location(&st.ids[0]).unwrap();
     sc.s.delete(&loc.pack.path()).unwrap();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     let r = check(&repo, &CheckOptions::default(), &mut |_| {}).unwrap();
     assert!(!r.is_ok());
     assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
@@ -290,7 +251,7 @@ fn check_reports_a_deleted_pack_without_reading_data() {
 fn check_subset_reads_some_packs_and_reports_debris_as_info() {
     let sc = scenario();
     sc.s.append("snapshots/leftover.tmp", b"x").unwrap();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     let r = check(
         &repo,
         &CheckOptions {
@@ -317,15 +278,9 @@ fn check_subset_reads_some_packs_and_reports_debris_as_info() {
 #[test]
 fn prune_keeps_the_policy_repacks_and_frees_space() {
     let sc = scenario();
-    let mut repo = open(Arc::new(sc.s.clone()));
+    let mut repo = open_on(Arc::new(sc.s.clone()));
     let before: u64 = pack_bytes(&sc.s);
-    let opts = PruneOptions {
-        policy: Policy {
-            keep_last: 1,
-            ..Policy::default()
-        },
-        dry_run: true,
-    };
+    let opts = keep_last_one(true);
     let dry = prune(&mut repo, &opts, &SystemLockEnv, &mut |_| {}).unwrap();
     assert_eq!(dry.forgotten.len(), 2);
     assert!(dry.bytes_freed > 150_000, "{dry:?}");
@@ -360,26 +315,19 @@ fn prune_keeps_the_policy_repacks_and_frees_space() {
     );
     // What is kept reads back whole, after a power cut too.
     sc.s.crash();
-    let repo = open(Arc::new(sc.s.clone()));
+    let repo = open_on(Arc::new(sc.s.clone()));
     let files = read_all(&repo, &sc.ids[2]).unwrap();
     assert_eq!(files["b.bin"], sc.b);
     assert_eq!(files["c.bin"], sc.c);
     assert_eq!(files["d.bin"], sc.d);
-    let c = check(
-        &repo,
-        &CheckOptions {
-            read_data: ReadData::All,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let c = check_all(&repo);
     assert!(c.is_ok() && c.findings.is_empty(), "{c:?}");
 }
 
 #[test]
 fn pins_survive_prune_and_unpin_releases() {
     let sc = scenario();
-    let mut repo = open(Arc::new(sc.s.clone()));
+    let mut repo = open_on(Arc::new(sc.s.clone()));
     repo.pin(
         &sc.ids[0],
         &Pin {
@@ -388,13 +336,7 @@ fn pins_survive_prune_and_unpin_releases() {
         },
     )
     .unwrap();
-    let opts = PruneOptions {
-        policy: Policy {
-            keep_last: 1,
-            ..Policy::default()
-        },
-        dry_run: false,
-    };
+    let opts = keep_last_one(false);
     let r = prune(&mut repo, &opts, &SystemLockEnv, &mut |_| {}).unwrap();
     assert_eq!(r.forgotten, vec![sc.ids[1]]);
     let files = read_all(&repo, &sc.ids[0]).unwrap();
@@ -404,15 +346,20 @@ fn pins_survive_prune_and_unpin_releases() {
     let r = prune(&mut repo, &opts, &SystemLockEnv, &mut |_| {}).unwrap();
     assert_eq!(r.forgotten, vec![sc.ids[0]]);
     assert!(repo.list_pins().unwrap().is_empty());
-    let c = check(
-        &repo,
-        &CheckOptions {
-            read_data: ReadData::All,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let c = check_all(&repo);
     assert!(c.is_ok() && c.findings.is_empty(), "{c:?}");
+}
+
+/// Prune options keeping the newest snapshot only.
+fn keep_last_one(dry_run: bool) -> PruneOptions {
+    PruneOptions {
+        policy: Policy {
+            keep_last: 1,
+            ..Policy::default()
+        },
+        dry_run,
+        ..PruneOptions::default()
+    }
 }
 
 fn pack_bytes(s: &CrashStorage) -> u64 {
@@ -423,107 +370,21 @@ fn pack_bytes(s: &CrashStorage) -> u64 {
         .sum()
 }
 
-/// Storage that pulls the drive after a number of mutating operations.
-#[derive(Debug)]
-struct Flaky {
-    inner: CrashStorage,
-    left: AtomicI64,
-}
-
-impl Flaky {
-    fn tick(&self) {
-        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
-            self.inner.remove_drive();
-        }
-    }
-}
-
-impl Storage for Flaky {
-    fn list(&self, dir: &str) -> StorageResult<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn exists(&self, path: &str) -> StorageResult<bool> {
-        self.inner.exists(path)
-    }
-    fn size(&self, path: &str) -> StorageResult<u64> {
-        self.inner.size(path)
-    }
-    fn read(&self, path: &str, cap: u64) -> StorageResult<Vec<u8>> {
-        self.inner.read(path, cap)
-    }
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> StorageResult<Vec<u8>> {
-        self.inner.read_range(path, offset, len)
-    }
-    fn create_streaming(&self, path: &str) -> StorageResult<Box<dyn NewFile>> {
-        self.tick();
-        self.inner.create_streaming(path)
-    }
-    fn create(&self, path: &str, bytes: &[u8]) -> StorageResult<()> {
-        self.tick();
-        self.inner.create(path, bytes)
-    }
-    fn create_exclusive(&self, path: &str, bytes: &[u8]) -> StorageResult<()> {
-        self.tick();
-        self.inner.create_exclusive(path, bytes)
-    }
-    fn delete(&self, path: &str) -> StorageResult<()> {
-        self.tick();
-        self.inner.delete(path)
-    }
-    fn delete_dir_all(&self, path: &str) -> StorageResult<()> {
-        self.tick();
-        self.inner.delete_dir_all(path)
-    }
-    fn create_dir(&self, path: &str) -> StorageResult<()> {
-        self.tick();
-        self.inner.create_dir(path)
-    }
-    fn append(&self, path: &str, bytes: &[u8]) -> StorageResult<()> {
-        self.tick();
-        self.inner.append(path, bytes)
-    }
-    fn truncate(&self, path: &str, len: u64) -> StorageResult<()> {
-        self.tick();
-        self.inner.truncate(path, len)
-    }
-    fn sync_file(&self, path: &str) -> StorageResult<()> {
-        self.tick();
-        self.inner.sync_file(path)
-    }
-    fn sync_dir(&self, dir: &str) -> StorageResult<()> {
-        self.tick();
-        self.inner.sync_dir(dir)
-    }
-    fn local_root(&self) -> Option<&std::path::Path> {
-        None
-    }
-}
-
 /// A power cut after every possible number of mutating operations of a prune (and, for writes,
 /// a torn tail): every snapshot still listed reads back whole, the kept one always exists,
 /// `check` finds no *must* violation, and the next prune finishes the job.
 #[test]
 fn prune_crash_at_every_step_leaves_every_snapshot_readable() {
-    let opts = PruneOptions {
-        policy: Policy {
-            keep_last: 1,
-            ..Policy::default()
-        },
-        dry_run: false,
-    };
+    let opts = keep_last_one(false);
     let mut steps = 0;
-    for k in 0..200i64 {
+    for k in 0..200u64 {
         let sc = scenario();
-        let flaky = Arc::new(Flaky {
-            inner: sc.s.clone(),
-            left: AtomicI64::new(i64::MAX),
-        });
-        let mut repo = open(flaky.clone());
-        flaky.left.store(k, Ordering::SeqCst);
+        let mut repo = open_on(Arc::new(sc.s.clone()));
+        sc.s.pull_after_ops(k);
         let done = prune(&mut repo, &opts, &AfterCrash, &mut |_| {}).is_ok();
         drop(repo);
         sc.s.crash_torn((k as usize * 7919) % 4096);
-        let repo = open(Arc::new(sc.s.clone()));
+        let repo = open_on(Arc::new(sc.s.clone()));
         let listed = repo.list_snapshots().unwrap();
         assert!(listed.contains(&sc.ids[2]), "step {k}: the kept snapshot");
         for id in &listed {
@@ -533,14 +394,7 @@ fn prune_crash_at_every_step_leaves_every_snapshot_readable() {
         let files = read_all(&repo, &sc.ids[2]).unwrap();
         assert_eq!(files["c.bin"], sc.c);
         assert_eq!(files["d.bin"], sc.d);
-        let c = check(
-            &repo,
-            &CheckOptions {
-                read_data: ReadData::All,
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+        let c = check_all(&repo);
         assert!(c.is_ok(), "step {k}: {c:?}");
         // The next prune (after the crash, the old lock is stale) finishes.
         let mut repo = repo;
@@ -569,7 +423,7 @@ fn prune_crash_at_every_step_leaves_every_snapshot_readable() {
 #[test]
 fn stats_of_known_data() {
     let sc = scenario();
-    let mut repo = open(Arc::new(sc.s.clone()));
+    let mut repo = open_on(Arc::new(sc.s.clone()));
     snapshot(
         &mut repo,
         "OTHER-PHONE",
@@ -607,7 +461,7 @@ fn stats_of_known_data() {
 fn password_change_keeps_every_snapshot_readable() {
     let sc = scenario();
     let storage: Arc<dyn Storage> = Arc::new(sc.s.clone());
-    let repo = open(storage.clone());
+    let repo = open_on(storage.clone());
     let (p1, p2, p3) = (
         Password::new(PW),
         Password::new("second"),
@@ -652,7 +506,7 @@ fn index_is_rebuilt_automatically_when_deleted_or_damaged() {
     let local = || -> Arc<dyn Storage> { Arc::new(LocalStorage::new(dir.path()).unwrap()) };
     let (a, b) = (data("a", 60_000), data("b", 20_000));
     let ids = {
-        let mut repo = setup_on(local());
+        let mut repo = init_on(local());
         vec![
             snapshot(&mut repo, UDID, 0, &[("a.bin", &a)]),
             snapshot(&mut repo, UDID, 1, &[("a.bin", &a), ("b.bin", &b)]),
@@ -665,7 +519,7 @@ fn index_is_rebuilt_automatically_when_deleted_or_damaged() {
         (ids, files)
     };
     let want = {
-        let repo = open(local());
+        let repo = open_on(local());
         assert!(repo.index_chunk_count().is_some());
         answers(&repo)
     };
@@ -674,7 +528,7 @@ fn index_is_rebuilt_automatically_when_deleted_or_damaged() {
     // Deleted.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
     {
-        let repo = open(local());
+        let repo = open_on(local());
         assert!(repo.index_chunk_count().unwrap() > 0, "rebuilt");
         assert_eq!(answers(&repo), want);
     }
@@ -686,7 +540,7 @@ fn index_is_rebuilt_automatically_when_deleted_or_damaged() {
         }
     }
     {
-        let repo = open(local());
+        let repo = open_on(local());
         assert_eq!(answers(&repo), want);
         let c = check(&repo, &CheckOptions::default(), &mut |_| {}).unwrap();
         assert!(c.is_ok() && c.index_consistent, "{c:?}");

@@ -1,6 +1,9 @@
 //! The repository's blob layer end to end over the in-memory crash simulator: init/open, wrong
 //! passwords, put/read of streams (empty, small, multi-pack, indirect), dedup, damage and crashes.
 
+mod common;
+
+use common::store::{reopen, setup};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -20,21 +23,6 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
             (x >> 32) as u8
         })
         .collect()
-}
-
-fn setup() -> (CrashStorage, Repository) {
-    let s = CrashStorage::new();
-    let repo = Repository::init(
-        Arc::new(s.clone()),
-        &Password::new("pw"),
-        &InitOptions::for_tests(),
-    )
-    .unwrap();
-    (s, repo)
-}
-
-fn reopen(s: &CrashStorage) -> Repository {
-    Repository::open(Arc::new(s.clone()), &Password::new("pw")).unwrap()
 }
 
 fn read_all(repo: &Repository, st: &cradle::store::stream::Stream) -> Vec<u8> {

@@ -1,34 +1,19 @@
 //! Snapshot records, file tables and pins end to end over the crash simulator: commit order,
 //! listing from the drive, bounded table reading, order checks, damage and crashes.
 
-use std::sync::Arc;
+mod common;
 
-use cradle::password::Password;
-use cradle::store::chunker::ChunkerParams;
+use common::store::{record, reopen, setup, write_table, UDID};
 use cradle::store::ids::SnapshotId;
-use cradle::store::repo::{InitOptions, RepoError, Repository};
+use cradle::store::repo::{RepoError, Repository};
 use cradle::store::seal::BlobKind;
-use cradle::store::snapshot::{
-    BackupKek, DeviceInfo, Pin, SnapshotKind, SnapshotRecord, TopEncoding, TopFile,
-};
-use cradle::store::storage::{CrashStorage, Storage};
+use cradle::store::snapshot::{BackupKek, Pin, SnapshotKind};
+use cradle::store::storage::Storage;
 use cradle::store::stream::Stream;
-use cradle::store::table::{Content, FileEntry, Row, TableSummary, FLAG_DIR, FLAG_FILE};
+use cradle::store::table::{Content, FileEntry, Row, FLAG_DIR, FLAG_FILE};
 
-fn setup() -> (CrashStorage, Repository) {
-    let s = CrashStorage::new();
-    let repo = Repository::init(
-        Arc::new(s.clone()),
-        &Password::new("pw"),
-        &InitOptions::for_tests(),
-    )
-    .unwrap();
-    (s, repo)
-}
-
-fn reopen(s: &CrashStorage) -> Repository {
-    Repository::open(Arc::new(s.clone()), &Password::new("pw")).unwrap()
-}
+/// The Manifest.plist of every test record.
+const MANIFEST: &[u8] = b"<plist>manifest</plist>";
 
 fn file_id(i: usize) -> [u8; 20] {
     let h = blake3::hash(format!("f{i}").as_bytes());
@@ -78,48 +63,6 @@ fn entries(repo: &mut Repository, n: usize) -> Vec<FileEntry> {
     out
 }
 
-fn write_table(repo: &mut Repository, es: &[FileEntry]) -> TableSummary {
-    let mut w = repo.file_table_writer();
-    for e in es {
-        w.push(repo, e).unwrap();
-    }
-    w.finish(repo).unwrap()
-}
-
-fn record(repo: &mut Repository, t: &TableSummary, phone_date: i64) -> SnapshotRecord {
-    let manifest = repo
-        .put_stream(&b"<plist>manifest</plist>"[..], BlobKind::Data)
-        .unwrap();
-    SnapshotRecord {
-        kind: SnapshotKind::Digested,
-        device: DeviceInfo {
-            udid: "00008110-000A1B2C3D4E5F60".into(),
-            device_name: "Test iPhone".into(),
-            product_type: "iPhone15,2".into(),
-            product_version: "17.5.1".into(),
-            build_version: "21F90".into(),
-            serial_number: "F2LTEST".into(),
-        },
-        phone_date,
-        box_started: 1,
-        box_finished: 2,
-        box_clock_synced: false,
-        is_full_backup: true,
-        parent: SnapshotId::ZERO,
-        digested_from: SnapshotId::ZERO,
-        backup_kek: BackupKek([9; 32]),
-        chunker_used: ChunkerParams::DATA_DEFAULT,
-        top_files: vec![TopFile {
-            name: "Manifest.plist".into(),
-            encoding: TopEncoding::Verbatim,
-            stream: manifest,
-        }],
-        counts: t.counts,
-        content_bytes: t.content_bytes,
-        file_table: t.table.clone(),
-    }
-}
-
 fn read_table(repo: &Repository, table: &Stream) -> Result<Vec<FileEntry>, RepoError> {
     let mut r = repo.file_table_reader(table);
     let mut out = Vec::new();
@@ -142,7 +85,7 @@ fn commit_list_load_and_read_back() {
         "a multi-chunk table: {}",
         t.table.ids.len()
     );
-    let rec = record(&mut repo, &t, 100);
+    let rec = record(&mut repo, UDID, 100, MANIFEST, &t);
     let id = repo.commit_snapshot(&rec).unwrap();
     assert!(!repo.has_unflushed());
     assert_eq!(repo.list_snapshots().unwrap(), vec![id]);
@@ -226,7 +169,7 @@ fn records_need_durable_chunks_and_crash_before_write_leaves_nothing() {
     let (s, mut repo) = setup();
     let es = entries(&mut repo, 10);
     let t = write_table(&mut repo, &es);
-    let mut rec = record(&mut repo, &t, 5);
+    let mut rec = record(&mut repo, UDID, 5, MANIFEST, &t);
     let mut broken = rec.clone();
     broken.top_files[0].stream.ids[0] = cradle::store::ids::ChunkId::from_bytes([1; 32]);
     assert!(matches!(
@@ -255,21 +198,21 @@ fn damaged_records_and_superseded_raw() {
     let (s, mut repo) = setup();
     let es = entries(&mut repo, 10);
     let t = write_table(&mut repo, &es);
-    let mut raw = record(&mut repo, &t, 10);
+    let mut raw = record(&mut repo, UDID, 10, MANIFEST, &t);
     raw.kind = SnapshotKind::Raw;
     raw.backup_kek = BackupKek::default();
     let raw_id = repo.commit_snapshot(&raw).unwrap();
-    let mut dig = record(&mut repo, &t, 10);
+    let mut dig = record(&mut repo, UDID, 10, MANIFEST, &t);
     dig.digested_from = raw_id;
     let dig_id = repo.commit_snapshot(&dig).unwrap();
-    let other = record(&mut repo, &t, 20);
+    let other = record(&mut repo, UDID, 20, MANIFEST, &t);
     let other_id = repo.commit_snapshot(&other).unwrap();
     let l = repo.snapshot_listing().unwrap();
     assert_eq!(l.superseded_raw, vec![raw_id]);
     let ids: Vec<SnapshotId> = l.snapshots.iter().map(|(i, _)| *i).collect();
     assert_eq!(ids, vec![dig_id, other_id], "ordered by phone_date");
     // Oldest first by box time, then phone date; the superseded raw record stays hidden.
-    let mut late = record(&mut repo, &t, 5);
+    let mut late = record(&mut repo, UDID, 5, MANIFEST, &t);
     late.box_finished = 9;
     let late_id = repo.commit_snapshot(&late).unwrap();
     let ids: Vec<SnapshotId> = repo
@@ -311,7 +254,7 @@ fn pins() {
     let (s, mut repo) = setup();
     let es = entries(&mut repo, 3);
     let t = write_table(&mut repo, &es);
-    let rec = record(&mut repo, &t, 1);
+    let rec = record(&mut repo, UDID, 1, MANIFEST, &t);
     let id = repo.commit_snapshot(&rec).unwrap();
     let pin = Pin {
         pinned_at: 77,

@@ -395,6 +395,10 @@ impl NewFile for WatchedFile {
         let flag = self.no_space.clone();
         note(&flag, self.inner.finish())
     }
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        let flag = self.no_space.clone();
+        note(&flag, self.inner.finish_unsynced())
+    }
 }
 
 impl Storage for WatchedStorage {
@@ -447,6 +451,15 @@ impl Storage for WatchedStorage {
     }
     fn sync_dir(&self, dir: &str) -> StorageResult<()> {
         self.note(self.inner.sync_dir(dir))
+    }
+    fn sync_all(&self) -> StorageResult<()> {
+        self.note(self.inner.sync_all())
+    }
+    fn modified_ms(&self, path: &str) -> StorageResult<i64> {
+        self.inner.modified_ms(path)
+    }
+    fn touch(&self, path: &str) -> StorageResult<()> {
+        self.inner.touch(path)
     }
     fn local_root(&self) -> Option<&Path> {
         self.inner.local_root()

@@ -9,6 +9,7 @@ mod backup_folder;
 mod check;
 mod daemon;
 mod demo;
+mod digest;
 mod display;
 mod index;
 mod opsutil;
@@ -69,6 +70,9 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Forget snapshots by retention policy (per device) and remove the data no one uses.
     Prune(prune::PruneArgs),
+    /// Turn a raw snapshot (stored while the phone's backup password was unknown) into a
+    /// digested one, with that password: deduplicated, searchable, exporting the same bytes.
+    Digest(digest::DigestArgs),
     /// Keep a snapshot whatever the retention policy says.
     Pin(prune::PinArgs),
     /// Remove a snapshot's pin.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Prune(a) => prune::run_prune(a),
+        Command::Digest(a) => digest::run(a),
         Command::Pin(a) => prune::run_pin(a),
         Command::Unpin(a) => prune::run_unpin(a),
         Command::Pins(a) => prune::run_pins(a),

@@ -7,6 +7,7 @@ use cradle::store::lock::{LockPurpose, SystemLockEnv};
 use cradle::store::prune::{prune, Policy, PruneOptions, PrunePhase};
 use cradle::store::repo::now_ms;
 use cradle::store::snapshot::Pin;
+use cradle::store::tz::Zone;
 use std::process::ExitCode;
 
 use super::opsutil::{date, human, resolve, Progress};
@@ -20,6 +21,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: u32,
     /// Keep the newest snapshot of each of the last N days (per device, by the phone's date).
+    /// Days, weeks, months and years are those of this machine's time zone ($TZ, else
+    /// /etc/localtime; UTC when neither is readable).
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_daily: u32,
     /// Keep the newest snapshot of each of the last N ISO weeks.
@@ -75,6 +78,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
             keep_yearly: a.keep_yearly,
         },
         dry_run: a.dry_run,
+        zone: Zone::local(),
     };
     let mut p = Progress::new();
     let r = prune(&mut repo, &opts, &SystemLockEnv, &mut |pr| {

@@ -331,6 +331,79 @@ impl<R: Read> Read for DecryptReader<R> {
     }
 }
 
+/// Push-style decryption of one backup data file (padding required, as
+/// [`PaddingMode::Strict`]), for callers that receive the ciphertext piece by piece and cannot
+/// lend a `Read` (the pieces come from a store that is written between them). Memory: one
+/// piece, one held-back block.
+pub struct DecryptPush {
+    dec: Decryptor,
+    /// Ciphertext bytes that do not yet make a whole block.
+    partial: [u8; BLOCK_LEN],
+    partial_len: usize,
+    /// The last decrypted block, kept until we know whether it is the final one.
+    held: Zeroizing<[u8; BLOCK_LEN]>,
+    has_held: bool,
+    ciphertext_len: u64,
+    scratch: Zeroizing<Vec<u8>>,
+}
+
+impl DecryptPush {
+    /// A decryptor for a file encrypted under `key` (zero IV).
+    pub fn new(key: &[u8; 32]) -> Self {
+        DecryptPush {
+            dec: Decryptor::new(key.into(), &zero_iv()),
+            partial: [0u8; BLOCK_LEN],
+            partial_len: 0,
+            held: Zeroizing::new([0u8; BLOCK_LEN]),
+            has_held: false,
+            ciphertext_len: 0,
+            scratch: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// Decrypts `ct` and appends the plaintext it completes to `out` (the last block is held
+    /// back: only the end of the stream says whether it carries padding).
+    pub fn update(&mut self, ct: &[u8], out: &mut Vec<u8>) {
+        self.ciphertext_len += ct.len() as u64;
+        let buf = &mut self.scratch;
+        buf.clear();
+        buf.extend_from_slice(&self.partial[..self.partial_len]);
+        buf.extend_from_slice(ct);
+        let whole = buf.len() / BLOCK_LEN * BLOCK_LEN;
+        self.partial_len = buf.len() - whole;
+        self.partial[..self.partial_len].copy_from_slice(&buf[whole..]);
+        if whole == 0 {
+            return;
+        }
+        self.dec.decrypt_blocks(blocks_mut(&mut buf[..whole]));
+        if self.has_held {
+            out.extend_from_slice(&self.held[..]);
+        }
+        out.extend_from_slice(&buf[..whole - BLOCK_LEN]);
+        self.held.copy_from_slice(&buf[whole - BLOCK_LEN..whole]);
+        self.has_held = true;
+    }
+
+    /// Checks the end (whole blocks, valid PKCS#7) and appends the last plaintext to `out`.
+    /// On an error the plaintext handed out so far is not trustworthy.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<Decrypted, CbcError> {
+        let len = self.ciphertext_len;
+        if self.partial_len != 0 {
+            return Err(CbcError::NotBlockAligned { len });
+        }
+        if !self.has_held {
+            return Err(CbcError::TooShort { len });
+        }
+        let pad = pkcs7_len(&self.held[..]).ok_or(CbcError::BadPadding)?;
+        out.extend_from_slice(&self.held[..BLOCK_LEN - usize::from(pad)]);
+        Ok(Decrypted {
+            plaintext_len: len - u64::from(pad),
+            ciphertext_len: len,
+            padding: PaddingOutcome::Stripped(pad),
+        })
+    }
+}
+
 /// Decrypts `src` into `dst` with the given padding rule, through one 64 KiB buffer.
 pub fn decrypt_to<R: Read, W: Write>(
     src: R,
@@ -519,6 +592,40 @@ mod tests {
         if std::arch::is_x86_feature_detected!("aes") {
             assert!(aes::hardware_accelerated());
         }
+    }
+
+    #[test]
+    fn push_decryption_matches_the_plaintext_whatever_the_pieces() {
+        for n in [0usize, 1, 15, 16, 17, 31, 32, 33, 1000, 70_000] {
+            let plain = data(n);
+            let ct = encrypt_vec(&KEY, &plain);
+            for piece in [1usize, 7, 16, 33, 4096, 1 << 20] {
+                let mut d = DecryptPush::new(&KEY);
+                let mut out = Vec::new();
+                for p in ct.chunks(piece) {
+                    d.update(p, &mut out);
+                }
+                let fin = d.finish(&mut out).unwrap();
+                assert_eq!(out, plain, "n {n} piece {piece}");
+                assert_eq!(fin.plaintext_len, n as u64);
+                assert_eq!(fin.ciphertext_len, ct.len() as u64);
+            }
+        }
+        // Cut, unaligned, empty, wrong key: refused.
+        let ct = encrypt_vec(&KEY, &data(100));
+        let mut d = DecryptPush::new(&KEY);
+        d.update(&ct[..ct.len() - 1], &mut Vec::new());
+        assert!(matches!(
+            d.finish(&mut Vec::new()),
+            Err(CbcError::NotBlockAligned { .. })
+        ));
+        assert!(matches!(
+            DecryptPush::new(&KEY).finish(&mut Vec::new()),
+            Err(CbcError::TooShort { len: 0 })
+        ));
+        let mut d = DecryptPush::new(&[7; 32]);
+        d.update(&ct, &mut Vec::new());
+        assert!(d.finish(&mut Vec::new()).is_err());
     }
 
     fn data(n: usize) -> Vec<u8> {

@@ -9,19 +9,20 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::codec::{DecodeError, Reader};
-use super::export::{wrapped_keys, write_content, ExportError, SnapshotKeys};
+use super::export::{write_content, ExportError, SnapshotKeys};
 use super::ids::{SessionId, SnapshotId};
 use super::journal::{Journal, JournalError, JournalKind};
 use super::repo::{now_ms, RepoError, Repository};
+use super::scratch::ScratchError;
 use super::seal::BlobKind;
 use super::snapshot::{
     is_valid_top_name, BackupKek, Counts, DeviceInfo, SnapshotKind, SnapshotRecord, TopEncoding,
     TopFile,
 };
-use super::staging::{BaseFile, Node, Session, StagingError, WorkTree};
+use super::staging::{BaseFile, Node, Session, StagingError, TreeError, WorkTree};
 use super::stream::Stream;
 use super::table::{Content, FileEntry, Row};
-use crate::ios_backup::cbc_stream::{self, DecryptReader, PaddingMode, PaddingOutcome};
+use crate::ios_backup::cbc_stream::{self, DecryptPush, PaddingOutcome};
 use crate::ios_backup::is_valid_file_id;
 use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::keywrap::WrappedKey;
@@ -60,6 +61,24 @@ pub enum IngestError {
     /// A journal frame is malformed.
     #[error("ingest.log: {0}")]
     Decode(#[from] DecodeError),
+    /// The working tree's scratch database failed.
+    #[error("the local scratch database failed (see the log): free space in TMPDIR and run the ingest again")]
+    Tree,
+}
+
+impl From<ScratchError> for IngestError {
+    fn from(e: ScratchError) -> Self {
+        IngestError::Staging(StagingError::Scratch(e))
+    }
+}
+
+impl From<TreeError> for IngestError {
+    fn from(e: TreeError) -> Self {
+        match e {
+            TreeError::Scratch => IngestError::Tree,
+            e => IngestError::Incomplete(format!("working tree: {e:?}")),
+        }
+    }
 }
 
 /// What an ingest produced.
@@ -158,8 +177,11 @@ struct Ctx<'a> {
     files_ingested: u64,
     bytes_ingested: u64,
     parent: Option<(SnapshotRecord, Option<SnapshotKeys>)>,
-    /// The parent's wrapped file keys by fileID, read once from its table when first needed.
-    parent_wrapped: Option<HashMap<[u8; 20], Vec<u8>>>,
+    /// The working tree (scratch database); data files leave it as their rows take them.
+    tree: WorkTree,
+    /// `FileDone` entries of an interrupted run by fileID (entry bodies, scratch database).
+    done_files: sled::Tree,
+    udid: String,
 }
 
 impl Ctx<'_> {
@@ -224,23 +246,33 @@ impl Ctx<'_> {
             .ok_or_else(|| IngestError::Incomplete("parent keys".into()))
     }
 
-    fn parent_wrapped(&mut self) -> Result<&HashMap<[u8; 20], Vec<u8>>, IngestError> {
-        if self.parent_wrapped.is_none() {
-            let Some((rec, _)) = self.parent.as_ref() else {
-                return Err(IngestError::Incomplete("no parent snapshot".into()));
-            };
-            self.parent_wrapped = Some(wrapped_keys(self.repo, rec)?);
-        }
-        self.parent_wrapped
-            .as_ref()
-            .ok_or_else(|| IngestError::Incomplete("parent keys".into()))
-    }
-
     /// The wrapped `EncryptionKey` a parent file was stored under (plaintext content only).
     fn parent_key(&mut self, f: &BaseFile) -> Result<Option<Vec<u8>>, IngestError> {
         match f.content {
-            Content::Plain(_) => Ok(self.parent_wrapped()?.get(&f.file_id).cloned()),
+            Content::Plain(_) => {
+                let Some((rec, _)) = self.parent.as_ref() else {
+                    return Err(IngestError::Incomplete("no parent snapshot".into()));
+                };
+                Ok(self.tree.wrapped_key(self.repo, rec, &f.file_id)?)
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// Takes the data file named `file_id` (lower-case hex) out of the working tree.
+    fn take_data(&mut self, file_id: &str) -> Result<Option<Node>, IngestError> {
+        if !is_valid_file_id(file_id) {
+            return Ok(None);
+        }
+        let path = format!("{}/{}/{file_id}", self.udid, &file_id[..2]);
+        Ok(self.tree.take_file(&path)?)
+    }
+
+    /// Takes the entry an interrupted run journaled for `fid`.
+    fn take_done(&mut self, fid: &[u8; 20]) -> Result<Option<FileEntry>, IngestError> {
+        match self.done_files.remove(fid).map_err(ScratchError::from)? {
+            Some(v) => Ok(Some(FileEntry::decode_body(&v)?)),
+            None => Ok(None),
         }
     }
 
@@ -293,24 +325,36 @@ fn read_small(ctx: &Ctx<'_>, node: &Node, what: &str) -> Result<Vec<u8>, IngestE
     Ok(out)
 }
 
-fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
+/// The ManifestKey (Manifest.db's own key) from an unlocked keybag; `None` when Manifest.plist
+/// has none or it does not unwrap.
+pub(crate) fn manifest_key(
+    kb: &UnlockedKeybag,
+    manifest: &ManifestPlist,
+) -> Option<Zeroizing<[u8; 32]>> {
+    let mk = manifest.manifest_key()?;
+    WrappedKey::decode(mk)
+        .ok()
+        .and_then(|w| kb.unwrap_file_key(&w).ok())
+}
+
+/// A data file's own key from its MBFile's wrapped `EncryptionKey`.
+pub(crate) fn file_key(kb: &UnlockedKeybag, f: &MbFile) -> Option<Zeroizing<[u8; 32]>> {
     let blob = f.encryption_key.as_deref()?;
     let w = WrappedKey::decode(blob).ok()?;
     kb.unwrap_file_key(&w).ok()
 }
 
 /// Runs (or resumes) the ingest of a `done` session and commits its snapshot. Manifest.db rows
-/// (sorted by SQLite in its own temporary storage) and file-table entries stream through one at
-/// a time; what stays in memory is the working tree (a path and a small node per file), the
-/// parent's wrapped file keys once one of its plaintext files is carried over (about 100 bytes
-/// per file, `export::wrapped_keys`), and the `FileDone` entries of an interrupted run.
+/// (sorted by SQLite in its own temporary storage), `ops.log`, `ingest.log` and file-table
+/// entries stream through one at a time; the working tree, the parent's wrapped file keys and
+/// the `FileDone` entries of an interrupted run live in a scratch database on the box's own
+/// temporary storage (`scratch`), so memory does not grow with the number of files.
 pub fn ingest(
     repo: &mut Repository,
     id: SessionId,
     password: Option<&Password>,
 ) -> Result<IngestReport, IngestError> {
-    let (session, ops) = Session::open(repo, id)?;
-    let info = session.info().clone();
+    let info = Session::info_of(repo, id)?;
     let parent = if info.parent.is_zero() {
         None
     } else {
@@ -318,64 +362,70 @@ pub fn ingest(
     };
     let mut tree = match &parent {
         Some(rec) => WorkTree::from_parent(repo, rec)?,
-        None => WorkTree::new(),
+        None => WorkTree::new()?,
     };
-    for op in &ops {
-        // Ops are journaled only after the tree accepted them; a refusal cannot happen here.
-        let _ = tree.apply(op);
-    }
+    let session = Session::open(repo, id, |op| {
+        // Ops are journaled only after the tree accepted them; a refusal cannot happen here,
+        // but a failing scratch database can.
+        match tree.apply(&op) {
+            Err(TreeError::Scratch) => Err(StagingError::Damaged {
+                path: "local scratch database".into(),
+                reason: "failed (see the log); free space in TMPDIR and run the ingest again"
+                    .into(),
+            }),
+            _ => Ok(()),
+        }
+    })?;
     let storage = session.storage().clone();
-    let (journal, frames) = Journal::open(
+    let done_files = tree.scratch().tree("done")?;
+    done_files.clear().map_err(ScratchError::from)?;
+    let mut done_tops: HashMap<String, TopFile> = HashMap::new();
+    let mut committing: Vec<SnapshotId> = Vec::new();
+    let journal = Journal::open_each(
         storage.as_ref(),
         repo.keys(),
         &session.path("ingest.log"),
         JournalKind::Ingest,
         id,
-    )?;
-    let mut done_files: HashMap<[u8; 20], FileEntry> = HashMap::new();
-    let mut done_tops: HashMap<String, TopFile> = HashMap::new();
-    for f in &frames {
-        match Done::decode(f)? {
-            Done::File(e) => {
-                done_files.insert(e.file_id, e);
-            }
-            Done::Top(t) => {
-                done_tops.insert(t.name.clone(), t);
-            }
-            Done::Committing(sid) => {
-                // The record may already be there (crash during cleanup).
-                if let Ok(rec) = repo.load_snapshot(&sid) {
-                    session.delete()?;
-                    return Ok(IngestReport {
-                        snapshot: sid,
-                        kind: rec.kind,
-                        udid: rec.device.udid,
-                        counts: rec.counts,
-                        files_ingested: 0,
-                        bytes_ingested: 0,
-                    });
+        |f| -> Result<(), IngestError> {
+            match Done::decode(&f)? {
+                Done::File(e) => {
+                    let mut o = Vec::new();
+                    e.encode(&mut o)?;
+                    done_files
+                        .insert(e.file_id, &o[4..])
+                        .map_err(ScratchError::from)?;
                 }
-                let _ = storage.delete(&format!("snapshots/{sid}.tmp"));
+                Done::Top(t) => {
+                    done_tops.insert(t.name.clone(), t);
+                }
+                Done::Committing(sid) => committing.push(sid),
             }
+            Ok(())
+        },
+    )?;
+    for sid in committing {
+        // The record may already be there (crash during cleanup).
+        if let Ok(rec) = repo.load_snapshot(&sid) {
+            drop(journal);
+            session.delete()?;
+            return Ok(IngestReport {
+                snapshot: sid,
+                kind: rec.kind,
+                udid: rec.device.udid,
+                counts: rec.counts,
+                files_ingested: 0,
+                bytes_ingested: 0,
+            });
         }
+        let _ = storage.delete(&format!("snapshots/{sid}.tmp"));
     }
 
     let u = info.udid.clone();
     let mut tops: Vec<(String, Node)> = Vec::new();
-    let mut data: HashMap<String, Node> = HashMap::new();
-    for (path, node) in tree.iter() {
-        let Some(rest) = path.strip_prefix(&format!("{u}/")) else {
-            continue;
-        };
-        if matches!(node, Node::Dir) {
-            continue;
-        }
-        match rest.split_once('/') {
-            None => tops.push((rest.to_string(), node.clone())),
-            Some((xx, name)) if is_valid_file_id(name) && name.starts_with(xx) && xx.len() == 2 => {
-                data.insert(name.to_string(), node.clone());
-            }
-            Some(_) => tracing::warn!("ignoring a file the phone left outside the backup layout"),
+    for (name, node) in tree.children(Some(u.as_str())).map_err(IngestError::from)? {
+        if !matches!(node, Node::Dir) {
+            tops.push((name, node));
         }
     }
     let top_node = |name: &str| tops.iter().find(|(n, _)| n == name).map(|(_, n)| n.clone());
@@ -389,7 +439,9 @@ pub fn ingest(
         files_ingested: 0,
         bytes_ingested: 0,
         parent: parent.clone().map(|p| (p, None)),
-        parent_wrapped: None,
+        tree,
+        done_files,
+        udid: u.clone(),
     };
 
     let manifest_node = top_node("Manifest.plist")
@@ -433,12 +485,7 @@ pub fn ingest(
             }
         }
     }
-    let manifest_key = match (&unlocked, manifest.manifest_key()) {
-        (Some(kb), Some(mk)) => WrappedKey::decode(mk)
-            .ok()
-            .and_then(|w| kb.unwrap_file_key(&w).ok()),
-        _ => None,
-    };
+    let manifest_key = unlocked.as_ref().and_then(|kb| manifest_key(kb, &manifest));
 
     // Manifest.db plaintext into local scratch (never on the drive).
     let scratch = tempfile::Builder::new()
@@ -487,26 +534,30 @@ pub fn ingest(
                 tracing::warn!("skipping a Manifest.db row with a malformed fileID");
                 return Ok(());
             };
-            let e = row_entry(
-                &mut ctx,
-                &mut data,
-                &mut done_files,
-                unlocked.as_ref(),
-                encrypted,
-                fid,
-                row,
-            )?;
+            let e = row_entry(&mut ctx, unlocked.as_ref(), encrypted, fid, row)?;
             writer.push(ctx.repo, &e)?;
             Ok(())
         })?;
     }
-    // Data files without a row (all of them in a raw snapshot): kept as received.
-    let mut rest: Vec<(String, Node)> = data.into_iter().collect();
-    rest.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, node) in rest {
-        let Some(fid) = hex20(&name) else { continue };
-        let journaled = done_files
-            .remove(&fid)
+    // Data files without a row (all of them in a raw snapshot): kept as received, by fileID
+    // (the tree's `<udid>/<xx>/<fileID>` order).
+    let prefix = format!("{u}/");
+    for item in ctx.tree.scan(&prefix) {
+        let (path, node) = item?;
+        let rest = &path[prefix.len()..];
+        let Some((xx, name)) = rest.split_once('/') else {
+            continue;
+        };
+        if matches!(node, Node::Dir) {
+            continue;
+        }
+        if !(is_valid_file_id(name) && name.starts_with(xx) && xx.len() == 2) {
+            tracing::warn!("ignoring a file the phone left outside the backup layout");
+            continue;
+        }
+        let Some(fid) = hex20(name) else { continue };
+        let journaled = ctx
+            .take_done(&fid)?
             .filter(|e| matches!(e.content, Content::Raw(_)));
         let content = match (journaled, node) {
             (Some(e), _) => e.content,
@@ -701,10 +752,9 @@ pub fn ingest(
 
 /// The table entry of one Manifest.db row: its data file as an interrupted run journaled it, as
 /// the parent had it (stored again, raw, if its key changed), ingested from staging, or absent.
+/// The row's data file leaves the working tree, so what stays there afterwards has no row.
 fn row_entry(
     ctx: &mut Ctx<'_>,
-    data: &mut HashMap<String, Node>,
-    done_files: &mut HashMap<[u8; 20], FileEntry>,
     unlocked: Option<&UnlockedKeybag>,
     encrypted: bool,
     fid: [u8; 20],
@@ -717,7 +767,7 @@ fn row_entry(
         mbfile: row.file.encode(),
     };
     if row.flags != FLAG_FILE {
-        if data.remove(&row.file_id).is_some() {
+        if ctx.take_data(&row.file_id)?.is_some() {
             // Its fileID is the row's: kept as well, it would appear twice in the table.
             tracing::warn!("dropping a data file named after a directory or link row");
         }
@@ -727,8 +777,8 @@ fn row_entry(
             content: Content::None,
         });
     }
-    let node = data.remove(&row.file_id);
-    if let Some(e) = done_files.remove(&fid) {
+    let node = ctx.take_data(&row.file_id)?;
+    if let Some(e) = ctx.take_done(&fid)? {
         return Ok(FileEntry {
             file_id: fid,
             row: Some(erow),
@@ -769,7 +819,7 @@ fn row_entry(
     })
 }
 
-fn hex20(s: &str) -> Option<[u8; 20]> {
+pub(crate) fn hex20(s: &str) -> Option<[u8; 20]> {
     let mut b = [0u8; 20];
     hex::decode_to_slice(s, &mut b).ok()?;
     Some(b)
@@ -806,7 +856,9 @@ fn plain_manifest_db(
     Ok(exact)
 }
 
-fn decrypt_db(
+/// Decrypts Manifest.db (`key`; none: copied as is) into `out`; `Ok(true)` when re-encrypting
+/// the plaintext gives back the `len` bytes read exactly (§9.2).
+pub(crate) fn decrypt_db(
     src: impl Read,
     key: Option<&[u8; 32]>,
     out: &mut impl io::Write,
@@ -845,22 +897,78 @@ fn ingest_staged(
         let r = ctx.staged_reader(staged, sealed)?;
         return Ok(Content::Plain(ctx.repo.put_stream(r, BlobKind::Data)?));
     }
-    if let Some(k) = key.filter(|_| size > 0 && size.is_multiple_of(16)) {
-        let r = DecryptReader::with_padding(
-            ctx.staged_reader(staged, sealed)?,
-            &k,
-            PaddingMode::Strict,
-        );
-        match ctx.repo.put_stream(r, BlobKind::Data) {
-            Ok(s) => return Ok(Content::Plain(s)),
-            Err(RepoError::Input(e)) => {
-                tracing::info!(error = %e, "a data file does not decrypt exactly: kept raw");
-            }
+    if let Some(k) = key {
+        let mut r = ctx.staged_reader(staged, sealed)?;
+        let mut next = |_: &Repository, buf: &mut Vec<u8>| read_piece(&mut r, buf);
+        match put_plaintext(ctx.repo, &k, size, &mut next) {
+            Ok(Some(s)) => return Ok(Content::Plain(s)),
+            Ok(None) => tracing::info!("a data file does not decrypt exactly: kept raw"),
+            // The staged copy did not read; storing it raw below reports why.
+            Err(RepoError::Input(e)) => tracing::info!(error = %e, "a staged file did not read"),
             Err(e) => return Err(e.into()),
         }
     }
     let r = ctx.staged_reader(staged, sealed)?;
     Ok(Content::Raw(ctx.repo.put_stream(r, BlobKind::Raw)?))
+}
+
+/// The ciphertext source of `put_plaintext`: fills the buffer with the next piece, `false` at
+/// the end; it gets the repository between writes.
+pub(crate) type NextPiece<'a> =
+    dyn FnMut(&Repository, &mut Vec<u8>) -> Result<bool, RepoError> + 'a;
+
+/// Bytes of ciphertext handed to `put_plaintext` at a time from a staged file.
+const PIECE: usize = 1 << 20;
+
+/// Reads the next piece of `r` into `buf`; `false` at the end.
+fn read_piece(r: &mut dyn Read, buf: &mut Vec<u8>) -> Result<bool, RepoError> {
+    buf.resize(PIECE, 0);
+    loop {
+        match r.read(buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(n > 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(RepoError::Input(e)),
+        }
+    }
+}
+
+/// Stores the plaintext of one Apple data file of `size` ciphertext bytes, decrypted with its own
+/// `key` (zero IV), when §9.2 allows it: a non-zero multiple of 16 bytes with valid PKCS#7, so
+/// that export re-encrypts it exactly. `next` fills its buffer with the next piece of ciphertext
+/// (`false` at the end); it gets the repository between writes, so the ciphertext may itself be
+/// a stored stream (`digest`). `Ok(None)`: kept raw by the caller (the chunks already written are
+/// garbage for `prune`). Ingest and digest both store plaintext through here, so they cut, dedup
+/// and pack the same bytes the same way. Memory: one piece and the stream writer's buffer.
+pub(crate) fn put_plaintext(
+    repo: &mut Repository,
+    key: &[u8; 32],
+    size: u64,
+    next: &mut NextPiece<'_>,
+) -> Result<Option<Stream>, RepoError> {
+    if size == 0 || !size.is_multiple_of(16) {
+        return Ok(None);
+    }
+    let mut dec = DecryptPush::new(key);
+    let mut w = repo.stream_writer(BlobKind::Data);
+    let mut piece = Vec::new();
+    let mut plain = Zeroizing::new(Vec::new());
+    while next(repo, &mut piece)? {
+        plain.clear();
+        dec.update(&piece, &mut plain);
+        w.write(repo, &plain)?;
+    }
+    plain.clear();
+    match dec.finish(&mut plain) {
+        Ok(d) if d.ciphertext_len == size => {
+            w.write(repo, &plain)?;
+            Ok(Some(w.finish(repo)?))
+        }
+        Ok(_) => Ok(None),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Ingests every `done` session left on the drive (after a crash) and deletes unfinished ones.

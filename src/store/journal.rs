@@ -15,8 +15,34 @@ pub const JOURNAL_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 28;
 /// Largest payload one frame carries.
 pub const FRAME_PAYLOAD_MAX: usize = FRAME_MAX as usize - AEAD_OVERHEAD;
-/// Largest journal read whole into memory (ops and ingest logs).
-pub const JOURNAL_READ_MAX: u64 = 1 << 30;
+/// Bytes of a journal read from the drive at a time when it is opened.
+const READ_WINDOW: u64 = 1 << 20;
+
+/// A sliding read window over a journal on the drive.
+struct Window<'a> {
+    storage: &'a dyn Storage,
+    path: &'a str,
+    size: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window<'_> {
+    /// The `len` bytes at `pos`, or `None` past the end of the file.
+    fn get(&mut self, pos: u64, len: usize) -> Result<Option<&[u8]>, JournalError> {
+        let end = pos + len as u64;
+        if end > self.size {
+            return Ok(None);
+        }
+        if pos < self.start || end > self.start + self.buf.len() as u64 {
+            let n = (len as u64).max(READ_WINDOW).min(self.size - pos);
+            self.buf = self.storage.read_range(self.path, pos, n)?;
+            self.start = pos;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(Some(&self.buf[at..at + len]))
+    }
+}
 
 /// What a journal records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,35 +189,79 @@ impl Journal {
         session: SessionId,
     ) -> Result<(Journal, Vec<Vec<u8>>), JournalError> {
         let mut payloads = Vec::new();
-        if storage.exists(path)? {
-            let bytes = storage.read(path, JOURNAL_READ_MAX)?;
-            if bytes.len() < HEADER_LEN {
+        let j = Self::open_each(storage, keys, path, kind, session, |p| {
+            payloads.push(p);
+            Ok::<(), JournalError>(())
+        })?;
+        Ok((j, payloads))
+    }
+
+    /// As `open`, handing each good payload to `each` in order instead of collecting them: the
+    /// journal is read through a window of `READ_WINDOW` bytes, so memory does not grow with it.
+    pub fn open_each<E: From<JournalError>>(
+        storage: &dyn Storage,
+        keys: &Keys,
+        path: &str,
+        kind: JournalKind,
+        session: SessionId,
+        mut each: impl FnMut(Vec<u8>) -> Result<(), E>,
+    ) -> Result<Journal, E> {
+        let mut frames = 0u64;
+        if storage.exists(path).map_err(JournalError::from)? {
+            let size = storage.size(path).map_err(JournalError::from)?;
+            if size < HEADER_LEN as u64 {
                 // A header torn by a crash: nothing in it was ever durable.
-                storage.truncate(path, 0)?;
-                storage.append(path, &encode_header(kind, &session))?;
-                storage.sync_file(path)?;
+                storage.truncate(path, 0).map_err(JournalError::from)?;
+                storage
+                    .append(path, &encode_header(kind, &session))
+                    .map_err(JournalError::from)?;
+                storage.sync_file(path).map_err(JournalError::from)?;
             } else {
-                let (p, good) = decode_frames(keys, &session, kind, &bytes, path)?;
-                if good != bytes.len() as u64 {
-                    storage.truncate(path, good)?;
-                    storage.sync_file(path)?;
+                let mut w = Window {
+                    storage,
+                    path,
+                    size,
+                    start: 0,
+                    buf: Vec::new(),
+                };
+                let header = w.get(0, HEADER_LEN)?.unwrap_or_default();
+                if header != encode_header(kind, &session) {
+                    return Err(JournalError::BadHeader { path: path.into() }.into());
                 }
-                payloads = p;
+                let mut pos = HEADER_LEN as u64;
+                while let Some(l) = w.get(pos, 4)? {
+                    let len = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
+                    if len > FRAME_MAX || (len as usize) < AEAD_OVERHEAD {
+                        break;
+                    }
+                    let Some(body) = w.get(pos + 4, len as usize)? else {
+                        break;
+                    };
+                    let Some(p) = open_frame(keys, &session, kind, frames, body) else {
+                        break;
+                    };
+                    each(p)?;
+                    frames += 1;
+                    pos += 4 + u64::from(len);
+                }
+                if pos != size {
+                    storage.truncate(path, pos).map_err(JournalError::from)?;
+                    storage.sync_file(path).map_err(JournalError::from)?;
+                }
             }
         } else {
-            storage.append(path, &encode_header(kind, &session))?;
-            storage.sync_file(path)?;
+            storage
+                .append(path, &encode_header(kind, &session))
+                .map_err(JournalError::from)?;
+            storage.sync_file(path).map_err(JournalError::from)?;
         }
-        Ok((
-            Journal {
-                path: path.to_string(),
-                session,
-                kind,
-                next_seq: payloads.len() as u64,
-                buf: Vec::new(),
-            },
-            payloads,
-        ))
+        Ok(Journal {
+            path: path.to_string(),
+            session,
+            kind,
+            next_seq: frames,
+            buf: Vec::new(),
+        })
     }
 
     /// Queues one frame; written by the next `write` or `sync`.

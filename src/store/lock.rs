@@ -1,9 +1,10 @@
 //! Locks (format.md §11): one writer at a time through `locks/writer`, created exclusively; readers
 //! through `locks/reader-<HolderId>`; stale-lock rules; the writer's `.tmp` cleanup on taking the lock.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
-use super::caps::LOCK_FILE_MAX;
+use super::caps::{LOCK_FILE_MAX, LOCK_STALE_FOREIGN_MS};
 use super::codec::{check_str, put_bytes, DecodeError, Reader};
 use super::ids::HolderId;
 use super::repo::{RepoError, Repository};
@@ -16,6 +17,10 @@ pub const WRITER_LOCK: &str = "locks/writer";
 pub const HOSTNAME_MAX: u32 = 64;
 /// Wait between two reads of an unreadable lock (§11 rule 4), in milliseconds.
 pub const UNREADABLE_RECHECK_MS: u64 = 10_000;
+/// How often a holder touches its lock's mtime (§11), in milliseconds.
+pub const LOCK_REFRESH_MS: u64 = 5 * 60 * 1000;
+/// What systemd-timesyncd creates once the clock is synchronized (and removes at boot).
+pub const TIMESYNC_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
 
 /// Why a lock is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +150,8 @@ pub trait LockEnv {
     fn wait_ms(&self, ms: u64);
     /// Now, in ms since the epoch.
     fn now_ms(&self) -> i64;
+    /// Whether this machine's clock is NTP-synchronized (rule 3 trusts `now_ms` only then).
+    fn clock_synced(&self) -> bool;
 }
 
 /// The real machine: `/proc`, the host name, `std::thread::sleep`.
@@ -193,6 +200,10 @@ impl LockEnv for SystemLockEnv {
     fn now_ms(&self) -> i64 {
         super::repo::now_ms()
     }
+
+    fn clock_synced(&self) -> bool {
+        std::path::Path::new(TIMESYNC_SYNCHRONIZED).exists()
+    }
 }
 
 /// Why a lock could not be taken.
@@ -206,8 +217,12 @@ pub enum LockError {
         /// Why it holds it.
         purpose: LockPurpose,
     },
-    /// Another host holds the lock; only an explicit `cradle unlock` removes it.
-    #[error("drive in use by {hostname}")]
+    /// Another host holds the lock and refreshed it within the last 30 minutes (or this
+    /// machine's clock is not synchronized, so the age cannot be trusted).
+    #[error(
+        "drive in use by {hostname}: let it finish there; a lock {hostname} left behind counts \
+         as abandoned 30 minutes after its last refresh, once this machine's clock is synchronized"
+    )]
     HeldByOtherHost {
         /// Its host name.
         hostname: String,
@@ -223,24 +238,66 @@ impl From<StorageError> for LockError {
     }
 }
 
-/// A held lock; released by `release` (or, best effort, on drop).
+/// A held lock, its mtime touched every [`LOCK_REFRESH_MS`] by a thread of its own; released by
+/// `release` (or, best effort, on drop).
 #[derive(Debug)]
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
     path: String,
     holder: HolderId,
     released: bool,
+    /// Dropping it stops the refresh thread.
+    stop_refresh: Option<mpsc::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LockGuard {
+    fn new(storage: Arc<dyn Storage>, path: String, holder: HolderId) -> LockGuard {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (s, p) = (storage.clone(), path.clone());
+        let refresher = std::thread::Builder::new()
+            .name("lock-refresh".into())
+            .spawn(move || {
+                let every = Duration::from_millis(LOCK_REFRESH_MS);
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if let Err(e) = s.touch(&p) {
+                        tracing::warn!("could not refresh the lock {p}: {e}");
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!("no lock refresh thread: {e}"))
+            .ok();
+        LockGuard {
+            storage,
+            path,
+            holder,
+            released: false,
+            stop_refresh: Some(stop),
+            refresher,
+        }
+    }
+
     /// The holder id written in the lock.
     pub fn holder(&self) -> HolderId {
         self.holder
     }
 
+    /// Touches the lock's mtime now (what the refresh thread does every [`LOCK_REFRESH_MS`]).
+    pub fn refresh(&self) -> Result<(), RepoError> {
+        Ok(self.storage.touch(&self.path)?)
+    }
+
+    fn stop_refreshing(&mut self) {
+        self.stop_refresh = None;
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+    }
+
     /// Unlinks the lock and fsyncs `locks/`.
     pub fn release(mut self) -> Result<(), RepoError> {
         self.released = true;
+        self.stop_refreshing();
         self.storage.delete(&self.path)?;
         self.storage.sync_dir("locks")?;
         Ok(())
@@ -249,6 +306,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.stop_refreshing();
         if !self.released {
             let _ = self.storage.delete(&self.path);
             let _ = self.storage.sync_dir("locks");
@@ -283,8 +341,7 @@ impl Repository {
         )
     }
 
-    /// Applies §11's stale rules 1, 2 and 4 to the lock at `path` (rule 3, another host's old
-    /// lock, needs its mtime and is left to an explicit unlock).
+    /// Applies §11's stale rules to the lock at `path`.
     fn judge(&self, path: &str, env: &dyn LockEnv) -> Result<Existing, LockError> {
         let me = env.facts();
         let info = match self.read_lock(path) {
@@ -303,6 +360,16 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         if info.facts.hostname != me.hostname {
+            // Rule 3: not refreshed for 30 minutes, by a clock that can be trusted.
+            let refreshed = match self.storage().modified_ms(path) {
+                Ok(ms) => ms,
+                Err(e) if e.is_not_found() => return Ok(Existing::Stale),
+                Err(e) => return Err(e.into()),
+            };
+            if env.clock_synced() && env.now_ms().saturating_sub(refreshed) > LOCK_STALE_FOREIGN_MS
+            {
+                return Ok(Existing::Stale);
+            }
             return Ok(Existing::Held(LockError::HeldByOtherHost {
                 hostname: info.facts.hostname,
             }));
@@ -336,12 +403,8 @@ impl Repository {
         for attempt in 0..2 {
             match self.storage().create_exclusive(WRITER_LOCK, &bytes) {
                 Ok(()) => {
-                    let guard = LockGuard {
-                        storage: self.storage().clone(),
-                        path: WRITER_LOCK.into(),
-                        holder: info.holder,
-                        released: false,
-                    };
+                    let guard =
+                        LockGuard::new(self.storage().clone(), WRITER_LOCK.into(), info.holder);
                     self.delete_tmp_files()?;
                     return Ok(guard);
                 }
@@ -384,15 +447,10 @@ impl Repository {
         let path = format!("locks/reader-{}", info.holder);
         let bytes = self.lock_bytes(&info)?;
         self.storage().create_exclusive(&path, &bytes)?;
-        Ok(LockGuard {
-            storage: self.storage().clone(),
-            path,
-            holder: info.holder,
-            released: false,
-        })
+        Ok(LockGuard::new(self.storage().clone(), path, info.holder))
     }
 
-    /// Reader locks held by live processes (stale ones by rules 1, 2 and 4 are not counted);
+    /// Reader locks held by live processes (stale ones are not counted);
     /// `prune` starts only when this is empty.
     pub fn live_reader_locks(&self, env: &dyn LockEnv) -> Result<Vec<String>, LockError> {
         let mut out = Vec::new();
@@ -452,6 +510,8 @@ mod tests {
         facts: HostFacts,
         live: Vec<(u32, u64)>,
         waits: Cell<u32>,
+        now: i64,
+        synced: bool,
     }
 
     impl LockEnv for FakeEnv {
@@ -465,7 +525,10 @@ mod tests {
             self.waits.set(self.waits.get() + 1);
         }
         fn now_ms(&self) -> i64 {
-            1000
+            self.now
+        }
+        fn clock_synced(&self) -> bool {
+            self.synced
         }
     }
 
@@ -479,6 +542,8 @@ mod tests {
             },
             live,
             waits: Cell::new(0),
+            now: 1000,
+            synced: true,
         }
     }
 
@@ -530,7 +595,7 @@ mod tests {
         let c = env(12, 2, "box", vec![(11, 511)]);
         let g3 = r.lock_writer(LockPurpose::Admin, &c).unwrap();
         std::mem::forget(g2);
-        // Another host: never removed here.
+        // Another host's lock, just written (by the storage's clock): held.
         let d = env(13, 3, "laptop", vec![]);
         assert!(matches!(
             r.lock_writer(LockPurpose::Admin, &d),
@@ -541,6 +606,61 @@ mod tests {
         let g4 = r.lock_writer(LockPurpose::Admin, &d).unwrap();
         drop(g4);
         assert!(!s.exists(WRITER_LOCK).unwrap(), "dropping releases");
+    }
+
+    #[test]
+    fn another_hosts_lock_is_stale_30_minutes_after_its_last_refresh_by_a_synced_clock() {
+        const MIN: i64 = 60_000;
+        let t0 = 1_800_000_000_000;
+        let (s, r) = repo();
+        s.set_clock_ms(t0);
+        let laptop = env(20, 5, "laptop", vec![(20, 520)]);
+        let g = r.lock_writer(LockPurpose::Ingest, &laptop).unwrap();
+        let reader = r.lock_reader(&laptop).unwrap();
+        // This box, at `now`, its clock synchronized or not.
+        let box_at = |now: i64, synced: bool| FakeEnv {
+            now,
+            synced,
+            ..env(10, 1, "box", vec![(10, 510)])
+        };
+        let refused = |e: &FakeEnv| {
+            matches!(
+                r.lock_writer(LockPurpose::Prune, e),
+                Err(LockError::HeldByOtherHost { ref hostname }) if hostname == "laptop"
+            )
+        };
+        assert!(refused(&box_at(t0 + 29 * MIN, true)));
+        assert_eq!(
+            r.live_reader_locks(&box_at(t0 + 29 * MIN, true))
+                .unwrap()
+                .len(),
+            1
+        );
+        // Refreshed at minute 20: at minute 31 only 11 minutes have passed.
+        s.set_clock_ms(t0 + 20 * MIN);
+        g.refresh().unwrap();
+        assert!(refused(&box_at(t0 + 31 * MIN, true)));
+        // The reader lock was not refreshed: stale at minute 31.
+        assert!(r
+            .live_reader_locks(&box_at(t0 + 31 * MIN, true))
+            .unwrap()
+            .is_empty());
+        // 31 minutes after the refresh, but this clock is not synchronized: still held.
+        assert!(refused(&box_at(t0 + 51 * MIN, false)));
+        assert_eq!(
+            r.live_reader_locks(&box_at(t0 + 51 * MIN, false))
+                .unwrap()
+                .len(),
+            1
+        );
+        // Synchronized: stale, removed and taken over.
+        std::mem::forget(g); // the laptop went away without releasing
+        std::mem::forget(reader);
+        let mine = r
+            .lock_writer(LockPurpose::Prune, &box_at(t0 + 51 * MIN, true))
+            .unwrap();
+        mine.release().unwrap();
+        assert!(!s.exists(WRITER_LOCK).unwrap());
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //!   `Meta` for file tables (own chunker sizes and own packs).
 //! - `Repository::open_stream` gives an `io::Read` over a stream, one chunk in memory at a time.
 //! - Tests use `storage::CrashStorage` (in memory; `crash()`, `crash_torn(n)`,
-//!   `fail_after_bytes(n)`, `remove_drive()`) and `InitOptions::for_tests()` (tiny Argon2id,
+//!   `fail_after_bytes(n)`, `remove_drive()`, `pull_after_ops(n)`) and `InitOptions::for_tests()` (tiny Argon2id,
 //!   small chunks and packs).
 //! - After any write error, drop the `Repository`: the unfinished `.tmp` pack is garbage that the
 //!   next writer's recovery deletes; everything flushed before stays readable.
@@ -45,6 +45,7 @@ pub mod caps;
 pub mod check;
 pub mod chunker;
 pub mod codec;
+pub mod digest;
 pub mod export;
 pub mod ids;
 pub mod index;
@@ -57,6 +58,7 @@ pub mod pack;
 pub mod prune;
 pub mod repo;
 pub mod repo_target;
+pub mod scratch;
 pub mod seal;
 pub mod snapshot;
 pub mod staging;
@@ -64,4 +66,5 @@ pub mod stats;
 pub mod storage;
 pub mod stream;
 pub mod table;
+pub mod tz;
 pub mod walk;

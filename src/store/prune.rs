@@ -14,6 +14,7 @@ use super::pack::{self, PackError, PackWriter};
 use super::repo::{RepoError, Repository};
 use super::seal::BlobKind;
 use super::snapshot::{SnapshotKind, SnapshotRecord};
+use super::tz::Zone;
 use super::walk;
 
 /// How many snapshots to keep per device (restic's `forget` rules). All zero: keep every
@@ -40,12 +41,15 @@ impl Policy {
 }
 
 /// What `prune` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PruneOptions {
     /// Retention.
     pub policy: Policy,
     /// Decide and count, change nothing.
     pub dry_run: bool,
+    /// Whose calendar the daily, weekly, monthly and yearly rules count in (UTC by default;
+    /// `cradle prune` gives the box's, `Zone::local()`).
+    pub zone: Zone,
 }
 
 /// The fate of one snapshot.
@@ -153,7 +157,7 @@ impl From<super::storage::StorageError> for PruneError {
 // ---------------------------------------------------------------------------------------------
 // Retention (pure).
 
-/// Days since 1970-01-01 of `ms` (UTC).
+/// Days since 1970-01-01 of `ms` (of a wall clock).
 fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
@@ -172,7 +176,7 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// (year, month, day) to days since 1970-01-01.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -192,11 +196,12 @@ fn iso_week(day: i64) -> (i64, i64) {
 
 /// Decides which snapshots to keep. `snaps` are the readable, non-superseded records; the newest
 /// of each device, pinned and raw ones are always kept. Rules are applied per device, newest
-/// first, as restic's `forget` does, on `phone_date` in UTC.
+/// first, as restic's `forget` does, on `phone_date`'s calendar in `zone`.
 pub fn plan(
     snaps: &[(SnapshotId, SnapshotRecord)],
     pinned: &HashSet<SnapshotId>,
     policy: &Policy,
+    zone: &Zone,
 ) -> Vec<Decision> {
     let mut by_device: BTreeMap<&str, Vec<&(SnapshotId, SnapshotRecord)>> = BTreeMap::new();
     for s in snaps {
@@ -254,7 +259,7 @@ pub fn plan(
                 reasons.push("last");
             }
             for (name, left, bucket, last) in rules.iter_mut() {
-                let b = bucket(rec.phone_date);
+                let b = bucket(zone.local_ms(rec.phone_date));
                 if *left > 0 && *last != Some(b) {
                     *left -= 1;
                     *last = Some(b);
@@ -363,7 +368,7 @@ pub fn prune(
         .iter()
         .filter_map(|n| SnapshotId::from_hex(n))
         .collect();
-    let decisions = plan(&listing.snapshots, &pins, &opts.policy);
+    let decisions = plan(&listing.snapshots, &pins, &opts.policy, &opts.zone);
     let keep: HashSet<SnapshotId> = decisions.iter().filter(|d| d.keep).map(|d| d.id).collect();
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -680,6 +685,7 @@ mod tests {
                 keep_last: 1,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         assert_eq!(kept(&d), vec![id(10), id(50)], "newest of each device");
         let d = plan(
@@ -689,6 +695,7 @@ mod tests {
                 keep_daily: 3,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         // The newest of each of the last three days: 10 (day 4), 8 (day 3), 6 (day 2).
         assert_eq!(kept(&d), vec![id(6), id(8), id(10), id(50)]);
@@ -700,6 +707,7 @@ mod tests {
                 keep_daily: 2,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         // last: 10, 9; daily: 10 (day 4), 8 (day 3).
         assert_eq!(kept(&d), vec![id(8), id(9), id(10), id(50)]);
@@ -711,10 +719,11 @@ mod tests {
                 keep_last: 1,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         assert_eq!(kept(&d), vec![id(1), id(10), id(50)]);
         // No policy: keep everything.
-        assert!(plan(&snaps, &none, &Policy::default())
+        assert!(plan(&snaps, &none, &Policy::default(), &Zone::utc())
             .iter()
             .all(|d| d.keep));
     }
@@ -735,6 +744,7 @@ mod tests {
                 keep_monthly: 3,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         assert_eq!(m.iter().filter(|d| d.keep).count(), 3);
         let y = plan(
@@ -744,6 +754,7 @@ mod tests {
                 keep_yearly: 5,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         // Two years have snapshots: the newest of 2026 and the newest of 2025 (day 360).
         assert_eq!(kept(&y), vec![id(37), id(40)]);
@@ -754,8 +765,62 @@ mod tests {
                 keep_weekly: 4,
                 ..Policy::default()
             },
+            &Zone::utc(),
         );
         assert_eq!(w.iter().filter(|d| d.keep).count(), 4);
+    }
+
+    #[test]
+    fn calendar_rules_count_the_zones_days_weeks_months_and_years() {
+        const H: i64 = 3_600_000;
+        let paris = Zone::from_rule("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let sydney = Zone::from_rule("AEST-10AEDT,M10.1.0,M4.1.0/3").unwrap();
+        let none = HashSet::new();
+        // Two snapshots an hour apart, on one UTC day, on both sides of a local midnight.
+        let pair = |day: i64, utc_hour: i64| {
+            let t = day * DAY + utc_hour * H + H / 2;
+            vec![(id(1), rec("A", t)), (id(2), rec("A", t + H))]
+        };
+        let cases = [
+            // 23:30 on Sunday June 28, then 00:30 on Monday June 29, in Paris (UTC+2).
+            ("daily", days_from_civil(2026, 6, 28), 21, &paris),
+            ("weekly", days_from_civil(2026, 6, 28), 21, &paris),
+            // June 30 23:30, then July 1 00:30 in Paris.
+            ("monthly", days_from_civil(2026, 6, 30), 21, &paris),
+            // December 31 23:30, then January 1 2027 00:30 in Sydney (UTC+11).
+            ("yearly", days_from_civil(2026, 12, 31), 12, &sydney),
+        ];
+        for (rule, day, hour, zone) in cases {
+            let policy = match rule {
+                "daily" => Policy {
+                    keep_daily: 2,
+                    ..Policy::default()
+                },
+                "weekly" => Policy {
+                    keep_weekly: 2,
+                    ..Policy::default()
+                },
+                "monthly" => Policy {
+                    keep_monthly: 2,
+                    ..Policy::default()
+                },
+                _ => Policy {
+                    keep_yearly: 2,
+                    ..Policy::default()
+                },
+            };
+            let snaps = pair(day, hour);
+            let local = plan(&snaps, &none, &policy, zone);
+            assert_eq!(
+                kept(&local),
+                vec![id(1), id(2)],
+                "{rule}: two local periods"
+            );
+            let d = local.iter().find(|d| d.id == id(1)).unwrap();
+            assert_eq!(d.reasons, vec![rule]);
+            let utc = plan(&snaps, &none, &policy, &Zone::utc());
+            assert_eq!(kept(&utc), vec![id(2)], "{rule}: one UTC period");
+        }
     }
 
     #[test]

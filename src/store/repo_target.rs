@@ -1,12 +1,11 @@
 //! `RepoTarget`: the phone's backup folder as a repository sees it — the previous snapshot of this
 //! phone overlaid by a staging session on the drive; no mirror folder exists anywhere.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::export::{wrapped_keys, write_content, write_top, SnapshotKeys};
+use super::export::{write_content, write_top, SnapshotKeys};
 use super::ids::{SessionId, SnapshotId};
 use super::journal::{encode_header, seal_frame, JournalKind, FRAME_PAYLOAD_MAX};
 use super::repo::{now_ms, RepoError, Repository};
@@ -63,6 +62,7 @@ fn tree_err(path: &BackupPath, e: TreeError) -> TargetError {
         TreeError::NotFound => rustix::io::Errno::NOENT,
         TreeError::NotADirectory => rustix::io::Errno::NOTDIR,
         TreeError::IsADirectory => rustix::io::Errno::ISDIR,
+        TreeError::Scratch => rustix::io::Errno::IO,
     };
     TargetError::io(path, errno.into())
 }
@@ -86,9 +86,6 @@ pub struct RepoTarget<'r> {
     tree: WorkTree,
     parent: Option<(SnapshotId, SnapshotRecord)>,
     parent_keys: Option<SnapshotKeys>,
-    /// The parent's wrapped file keys, read from its table the first time the phone reads one of
-    /// its plaintext files back (rare: phones read their manifests, not their data files).
-    parent_wrapped: Option<HashMap<[u8; 20], Vec<u8>>>,
     /// Data files are Apple ciphertext (encrypted backup): staged verbatim.
     encrypted: bool,
     udid: String,
@@ -115,13 +112,14 @@ impl<'r> RepoTarget<'r> {
             reason: e.to_string(),
         })?;
         let tree = match &parent {
-            Some((_, rec)) => {
-                WorkTree::from_parent(repo, rec).map_err(|e| StagingError::Damaged {
+            Some((_, rec)) => WorkTree::from_parent(repo, rec).map_err(|e| match e {
+                StagingError::Scratch(e) => StagingError::Scratch(e),
+                e => StagingError::Damaged {
                     path: "parent snapshot".into(),
                     reason: e.to_string(),
-                })?
-            }
-            None => WorkTree::new(),
+                },
+            })?,
+            None => WorkTree::new()?,
         };
         let session = Session::create(
             repo,
@@ -138,7 +136,6 @@ impl<'r> RepoTarget<'r> {
             tree,
             parent,
             parent_keys: None,
-            parent_wrapped: None,
             encrypted,
             udid: udid.to_string(),
             no_space: false,
@@ -205,14 +202,17 @@ impl<'r> RepoTarget<'r> {
         self.parent_keys.as_ref().ok_or_else(String::new)
     }
 
-    fn parent_wrapped(&mut self) -> Result<&HashMap<[u8; 20], Vec<u8>>, String> {
-        if self.parent_wrapped.is_none() {
-            let Some((_, rec)) = &self.parent else {
-                return Err("no parent snapshot".into());
-            };
-            self.parent_wrapped = Some(wrapped_keys(self.repo, rec).map_err(|e| e.to_string())?);
-        }
-        self.parent_wrapped.as_ref().ok_or_else(String::new)
+    fn parent_wrapped(&mut self, file_id: &[u8; 20]) -> Result<Option<Vec<u8>>, String> {
+        let Some((_, rec)) = &self.parent else {
+            return Err("no parent snapshot".into());
+        };
+        self.tree
+            .wrapped_key(self.repo, rec, file_id)
+            .map_err(|e| e.to_string())
+    }
+
+    fn node(&self, path: &BackupPath) -> Result<Option<Node>, TargetError> {
+        self.tree.get(path.as_str()).map_err(|e| tree_err(path, e))
     }
 }
 
@@ -388,7 +388,8 @@ impl UploadSink for RepoSink<'_, '_> {
         let Some(f) = self.file.take() else {
             return Ok(());
         };
-        if let Err(e) = f.finish() {
+        // Durable with the whole session, before `done` (`Session::mark_done`, §12).
+        if let Err(e) = f.finish_unsynced() {
             return Err(self.target.drive_err(&self.path, &e));
         }
         let op = Op::Received {
@@ -430,9 +431,7 @@ fn spill(
 impl BackupTarget for RepoTarget<'_> {
     fn open_read(&mut self, path: &BackupPath) -> Result<Box<dyn Read + '_>, TargetError> {
         let node = self
-            .tree
-            .get(path.as_str())
-            .cloned()
+            .node(path)?
             .ok_or_else(|| TargetError::io(path, rustix::io::Errno::NOENT.into()))?;
         match node {
             Node::Dir => Err(TargetError::io(path, rustix::io::Errno::ISDIR.into())),
@@ -454,10 +453,8 @@ impl BackupTarget for RepoTarget<'_> {
                 self.parent_keys().map_err(|e| eio(path, e))?;
                 let wrapped = match base.content {
                     super::table::Content::Plain(_) => self
-                        .parent_wrapped()
-                        .map_err(|e| eio(path, e))?
-                        .get(&base.file_id)
-                        .cloned(),
+                        .parent_wrapped(&base.file_id)
+                        .map_err(|e| eio(path, e))?,
                     _ => None,
                 };
                 let keys = self.parent_keys().map_err(|e| eio(path, e))?;
@@ -478,11 +475,15 @@ impl BackupTarget for RepoTarget<'_> {
 
     fn create_file(&mut self, path: &BackupPath) -> Result<Box<dyn UploadSink + '_>, TargetError> {
         if let Some(parent) = path.parent() {
-            if !matches!(self.tree.get(parent.as_str()), Some(Node::Dir)) {
+            let p = self
+                .tree
+                .get(parent.as_str())
+                .map_err(|e| tree_err(path, e))?;
+            if !matches!(p, Some(Node::Dir)) {
                 return Err(TargetError::io(path, rustix::io::Errno::NOENT.into()));
             }
         }
-        if matches!(self.tree.get(path.as_str()), Some(Node::Dir)) {
+        if matches!(self.node(path)?, Some(Node::Dir)) {
             return Err(TargetError::io(path, rustix::io::Errno::ISDIR.into()));
         }
         let staged = self.session.staged_name(self.repo.keys(), path.as_str());
@@ -518,7 +519,7 @@ impl BackupTarget for RepoTarget<'_> {
     }
 
     fn create_dir_all(&mut self, path: &BackupPath) -> Result<(), TargetError> {
-        if matches!(self.tree.get(path.as_str()), Some(Node::Dir)) {
+        if matches!(self.node(path)?, Some(Node::Dir)) {
             return Ok(());
         }
         self.record(
@@ -540,7 +541,7 @@ impl BackupTarget for RepoTarget<'_> {
     }
 
     fn remove(&mut self, path: &BackupPath) -> Result<(), TargetError> {
-        if self.tree.get(path.as_str()).is_none() {
+        if self.node(path)?.is_none() {
             return Ok(());
         }
         self.record(
@@ -562,7 +563,7 @@ impl BackupTarget for RepoTarget<'_> {
     }
 
     fn list_dir(&mut self, path: &BackupPath) -> Result<Vec<DirEntry>, TargetError> {
-        match self.tree.get(path.as_str()) {
+        match self.node(path)? {
             Some(Node::Dir) => {}
             Some(_) => return Err(TargetError::io(path, rustix::io::Errno::NOTDIR.into())),
             None => return Err(TargetError::io(path, rustix::io::Errno::NOENT.into())),
@@ -571,17 +572,18 @@ impl BackupTarget for RepoTarget<'_> {
         Ok(self
             .tree
             .children(Some(path.as_str()))
+            .map_err(|e| tree_err(path, e))?
             .into_iter()
             .map(|(name, n)| DirEntry {
                 name,
-                meta: meta_of(n, modified),
+                meta: meta_of(&n, modified),
             })
             .collect())
     }
 
     fn stat(&mut self, path: &BackupPath) -> Result<Option<EntryMeta>, TargetError> {
         let modified = self.modified();
-        Ok(self.tree.get(path.as_str()).map(|n| meta_of(n, modified)))
+        Ok(self.node(path)?.map(|n| meta_of(&n, modified)))
     }
 
     fn free_space(&mut self) -> Result<u64, TargetError> {

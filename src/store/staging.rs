@@ -1,7 +1,6 @@
 //! Staging sessions on the drive (format.md §12): the session file, `ops.log`, received files and
 //! the `done` marker; the working tree the phone sees; recovery of sessions left by a crash.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::codec::{put_bytes, DecodeError, Reader};
@@ -9,12 +8,15 @@ use super::ids::{SessionId, SnapshotId};
 use super::journal::{Journal, JournalError, JournalKind};
 use super::keys::Keys;
 use super::repo::{now_ms, RepoError, Repository};
+use super::scratch::{Scratch, ScratchError};
 use super::seal::{self, MAGIC_DONE, MAGIC_SESSION};
 use super::snapshot::{SnapshotRecord, TopEncoding, TopFile};
 use super::storage::{Storage, StorageError};
+use super::stream::Stream;
 use super::table::Content;
 use crate::backup2::target::MAX_BACKUP_PATH_LEN;
 use crate::ios_backup::cbc_stream::encrypted_len;
+use crate::ios_backup::mbfile::MbFile;
 
 /// The staging directory.
 pub const STAGING_DIR: &str = "staging";
@@ -33,6 +35,9 @@ pub enum StagingError {
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// Local scratch space failed.
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     /// A staged object is damaged.
     #[error("{path}: {reason}")]
     Damaged { path: String, reason: String },
@@ -162,7 +167,7 @@ pub enum Node {
 }
 
 /// A data file of the parent snapshot as the working tree keeps it: its fileID and content,
-/// not its row (the MBFile stays in the parent's table; see `export::wrapped_keys`).
+/// not its row (the MBFile stays in the parent's table; see `WorkTree::wrapped_key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseFile {
     /// The fileID of the parent's entry.
@@ -180,13 +185,127 @@ pub enum TreeError {
     NotADirectory,
     /// A file was expected.
     IsADirectory,
+    /// The local scratch database failed (logged where it happened).
+    Scratch,
+}
+
+fn scratch_err(e: impl std::fmt::Display) -> TreeError {
+    tracing::error!(error = %e, "working tree scratch database");
+    TreeError::Scratch
+}
+
+fn encode_node(n: &Node) -> Vec<u8> {
+    let mut o = Vec::new();
+    match n {
+        Node::Dir => o.push(0),
+        Node::BaseTop(t) => {
+            o.push(1);
+            put_bytes(&mut o, t.name.as_bytes());
+            o.push(match t.encoding {
+                TopEncoding::Verbatim => 0,
+                TopEncoding::ManifestDbPlain => 1,
+                TopEncoding::Raw => 2,
+            });
+            t.stream.encode(&mut o);
+        }
+        Node::BaseData(f) => {
+            o.push(2);
+            o.extend_from_slice(&f.file_id);
+            match &f.content {
+                Content::Plain(s) => {
+                    o.push(1);
+                    s.encode(&mut o);
+                }
+                Content::Raw(s) => {
+                    o.push(2);
+                    s.encode(&mut o);
+                }
+                Content::None | Content::Absent => o.push(0),
+            }
+        }
+        Node::Staged {
+            staged,
+            size,
+            sealed,
+        } => {
+            o.push(3);
+            put_bytes(&mut o, staged.as_bytes());
+            o.extend_from_slice(&size.to_le_bytes());
+            o.push(u8::from(*sealed));
+        }
+    }
+    o
+}
+
+fn decode_node(b: &[u8]) -> Result<Node, DecodeError> {
+    let mut r = Reader::new(b);
+    let n = match r.u8("node")? {
+        0 => Node::Dir,
+        1 => {
+            let name = r.str(64, "top name")?.to_string();
+            let encoding = match r.u8("top encoding")? {
+                0 => TopEncoding::Verbatim,
+                1 => TopEncoding::ManifestDbPlain,
+                2 => TopEncoding::Raw,
+                v => {
+                    return Err(DecodeError::UnknownValue {
+                        field: "top encoding",
+                        value: u64::from(v),
+                    })
+                }
+            };
+            Node::BaseTop(Arc::new(TopFile {
+                name,
+                encoding,
+                stream: Stream::decode(&mut r)?,
+            }))
+        }
+        2 => {
+            let file_id = r.array("file id")?;
+            let content = match r.u8("content")? {
+                1 => Content::Plain(Stream::decode(&mut r)?),
+                2 => Content::Raw(Stream::decode(&mut r)?),
+                0 => Content::None,
+                v => {
+                    return Err(DecodeError::UnknownValue {
+                        field: "content",
+                        value: u64::from(v),
+                    })
+                }
+            };
+            Node::BaseData(Arc::new(BaseFile { file_id, content }))
+        }
+        3 => Node::Staged {
+            staged: r.str(64, "staged name")?.to_string(),
+            size: r.u64("size")?,
+            sealed: r.bool("sealed")?,
+        },
+        v => {
+            return Err(DecodeError::UnknownValue {
+                field: "node",
+                value: u64::from(v),
+            })
+        }
+    };
+    r.finish()?;
+    Ok(n)
+}
+
+fn key_str(k: &[u8]) -> Result<String, TreeError> {
+    String::from_utf8(k.to_vec()).map_err(scratch_err)
 }
 
 /// The tree the phone sees: the parent snapshot overlaid by this session's operations. Keys are
-/// backup-relative paths; the root is implicit.
-#[derive(Debug, Default, Clone)]
+/// backup-relative paths; the root is implicit. The nodes live in a scratch sled database in the
+/// box's temporary space (`scratch`), so memory stays flat whatever the file count.
+#[derive(Debug)]
 pub struct WorkTree {
-    nodes: BTreeMap<String, Node>,
+    nodes: sled::Tree,
+    /// Subtrees on their way through a move or copy.
+    moving: sled::Tree,
+    /// The parent's wrapped file keys by fileID, filled on first use (`wrapped_key`).
+    wrapped: Option<sled::Tree>,
+    scratch: Scratch,
 }
 
 fn parent_of(p: &str) -> Option<&str> {
@@ -195,81 +314,213 @@ fn parent_of(p: &str) -> Option<&str> {
 
 impl WorkTree {
     /// An empty tree.
-    pub fn new() -> Self {
-        WorkTree::default()
+    pub fn new() -> Result<Self, StagingError> {
+        let scratch = Scratch::new()?;
+        Ok(WorkTree {
+            nodes: scratch.tree("nodes")?,
+            moving: scratch.tree("moving")?,
+            wrapped: None,
+            scratch,
+        })
+    }
+
+    /// The scratch database the tree lives in (ingest keeps its own maps there too).
+    pub fn scratch(&self) -> &Scratch {
+        &self.scratch
     }
 
     /// The parent snapshot's folder: `<udid>/` with its top files and `<xx>/<fileID>` data files.
-    /// The table is read one entry at a time; the tree keeps a path and a `BaseFile` per data
-    /// file (about 100 bytes plus 32 per content chunk), not the rows.
-    pub fn from_parent(repo: &Repository, record: &SnapshotRecord) -> Result<Self, RepoError> {
-        let mut t = WorkTree::new();
+    /// The table is read one entry at a time into the scratch database.
+    pub fn from_parent(repo: &Repository, record: &SnapshotRecord) -> Result<Self, StagingError> {
+        let t = WorkTree::new()?;
         let u = record.device.udid.clone();
-        t.nodes.insert(u.clone(), Node::Dir);
+        t.put(&u, &Node::Dir)?;
         for top in &record.top_files {
-            t.nodes.insert(
-                format!("{u}/{}", top.name),
-                Node::BaseTop(Arc::new(top.clone())),
-            );
+            t.put(
+                &format!("{u}/{}", top.name),
+                &Node::BaseTop(Arc::new(top.clone())),
+            )?;
         }
+        let mut dirs = std::collections::BTreeSet::new();
         let mut rd = repo.file_table_reader(&record.file_table);
         while let Some(e) = rd.next_entry(repo)? {
             if e.content.stream().is_none() {
                 continue;
             }
             let id = e.file_id_hex();
-            t.nodes.insert(format!("{u}/{}", &id[..2]), Node::Dir);
-            t.nodes.insert(
-                format!("{u}/{}/{id}", &id[..2]),
-                Node::BaseData(Arc::new(BaseFile {
+            if dirs.insert(id[..2].to_string()) {
+                t.put(&format!("{u}/{}", &id[..2]), &Node::Dir)?;
+            }
+            t.put(
+                &format!("{u}/{}/{id}", &id[..2]),
+                &Node::BaseData(Arc::new(BaseFile {
                     file_id: e.file_id,
                     content: e.content,
                 })),
-            );
+            )?;
         }
         Ok(t)
     }
 
-    /// The node at `path`.
-    pub fn get(&self, path: &str) -> Option<&Node> {
-        self.nodes.get(path)
-    }
-
-    fn is_dir(&self, path: Option<&str>) -> bool {
-        match path {
-            None => true,
-            Some(p) => matches!(self.nodes.get(p), Some(Node::Dir)),
-        }
-    }
-
-    fn subtree_keys(&self, path: &str) -> Vec<String> {
-        let prefix = format!("{path}/");
-        let mut keys: Vec<String> = self
-            .nodes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if self.nodes.contains_key(path) {
-            keys.push(path.to_string());
-        }
-        keys
-    }
-
-    /// Entries directly inside `dir` (`None` = root): names and nodes, sorted.
-    pub fn children(&self, dir: Option<&str>) -> Vec<(String, &Node)> {
-        let prefix = dir.map(|d| format!("{d}/")).unwrap_or_default();
+    fn put(&self, path: &str, n: &Node) -> Result<(), StagingError> {
         self.nodes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, _)| !k[prefix.len()..].contains('/'))
-            .map(|(k, n)| (k[prefix.len()..].to_string(), n))
-            .collect()
+            .insert(path.as_bytes(), encode_node(n))
+            .map_err(ScratchError::from)?;
+        Ok(())
     }
 
-    /// Every (path, node), sorted by path.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
-        self.nodes.iter()
+    fn insert(&self, path: &[u8], n: &Node) -> Result<(), TreeError> {
+        self.nodes
+            .insert(path, encode_node(n))
+            .map_err(scratch_err)?;
+        Ok(())
+    }
+
+    /// The node at `path`.
+    pub fn get(&self, path: &str) -> Result<Option<Node>, TreeError> {
+        match self.nodes.get(path.as_bytes()).map_err(scratch_err)? {
+            Some(v) => Ok(Some(decode_node(&v).map_err(scratch_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes and returns the file at `path` (a directory stays).
+    pub fn take_file(&self, path: &str) -> Result<Option<Node>, TreeError> {
+        match self.get(path)? {
+            Some(Node::Dir) | None => Ok(None),
+            Some(n) => {
+                self.nodes.remove(path.as_bytes()).map_err(scratch_err)?;
+                Ok(Some(n))
+            }
+        }
+    }
+
+    fn is_dir(&self, path: Option<&str>) -> Result<bool, TreeError> {
+        match path {
+            None => Ok(true),
+            Some(p) => Ok(matches!(self.get(p)?, Some(Node::Dir))),
+        }
+    }
+
+    fn contains(&self, path: &str) -> Result<bool, TreeError> {
+        self.nodes
+            .contains_key(path.as_bytes())
+            .map_err(scratch_err)
+    }
+
+    /// Removes `path` and everything under it.
+    fn remove_subtree(&self, path: &str) -> Result<(), TreeError> {
+        let prefix = format!("{path}/");
+        for kv in self.nodes.scan_prefix(prefix.as_bytes()) {
+            let (k, _) = kv.map_err(scratch_err)?;
+            self.nodes.remove(k).map_err(scratch_err)?;
+        }
+        self.nodes.remove(path.as_bytes()).map_err(scratch_err)?;
+        Ok(())
+    }
+
+    /// Copies `path` and its subtree into `moving` (keys relative to `path`), removing them
+    /// from the tree when `take`.
+    fn stash(&self, path: &str, take: bool) -> Result<(), TreeError> {
+        self.moving.clear().map_err(scratch_err)?;
+        if let Some(v) = self.nodes.get(path.as_bytes()).map_err(scratch_err)? {
+            self.moving.insert(b"", v).map_err(scratch_err)?;
+        }
+        let prefix = format!("{path}/");
+        for kv in self.nodes.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv.map_err(scratch_err)?;
+            self.moving
+                .insert(&k[path.len()..], v)
+                .map_err(scratch_err)?;
+            if take {
+                self.nodes.remove(k).map_err(scratch_err)?;
+            }
+        }
+        if take {
+            self.nodes.remove(path.as_bytes()).map_err(scratch_err)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the stashed subtree back under `dst`.
+    fn unstash(&self, dst: &str) -> Result<(), TreeError> {
+        for kv in self.moving.iter() {
+            let (k, v) = kv.map_err(scratch_err)?;
+            let mut key = dst.as_bytes().to_vec();
+            key.extend_from_slice(&k);
+            self.nodes.insert(key, v).map_err(scratch_err)?;
+        }
+        self.moving.clear().map_err(scratch_err)?;
+        Ok(())
+    }
+
+    /// Entries directly inside `dir` (`None` = root): names and nodes, sorted. Deeper levels
+    /// are skipped over, not read.
+    pub fn children(&self, dir: Option<&str>) -> Result<Vec<(String, Node)>, TreeError> {
+        let prefix = dir.map(|d| format!("{d}/")).unwrap_or_default();
+        let p = prefix.as_bytes();
+        let mut out = Vec::new();
+        let mut it = self.nodes.range(p.to_vec()..);
+        while let Some(kv) = it.next() {
+            let (k, v) = kv.map_err(scratch_err)?;
+            if !k.starts_with(p) {
+                break;
+            }
+            let rest = &k[p.len()..];
+            match rest.iter().position(|&c| c == b'/') {
+                None => out.push((key_str(rest)?, decode_node(&v).map_err(scratch_err)?)),
+                Some(i) => {
+                    // Inside the child `rest[..i]`: jump past its subtree ('0' follows '/').
+                    let mut skip = k[..p.len() + i].to_vec();
+                    skip.push(b'/' + 1);
+                    it = self.nodes.range(skip..);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every (path, node) under `prefix`, sorted by path (the tree may change meanwhile).
+    pub fn scan(&self, prefix: &str) -> impl Iterator<Item = Result<(String, Node), TreeError>> {
+        self.nodes.clone().scan_prefix(prefix.as_bytes()).map(|kv| {
+            let (k, v) = kv.map_err(scratch_err)?;
+            Ok((key_str(&k)?, decode_node(&v).map_err(scratch_err)?))
+        })
+    }
+
+    /// The wrapped `EncryptionKey` the parent snapshot's row for `file_id` carries (plaintext
+    /// entries only). The keys are read from the parent's table into the scratch database the
+    /// first time one is asked for (rare while staging: phones read back manifests, not data).
+    pub fn wrapped_key(
+        &mut self,
+        repo: &Repository,
+        parent: &SnapshotRecord,
+        file_id: &[u8; 20],
+    ) -> Result<Option<Vec<u8>>, StagingError> {
+        let tree = match &self.wrapped {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.scratch.tree("wrapped")?;
+                t.clear().map_err(ScratchError::from)?;
+                let mut rd = repo.file_table_reader(&parent.file_table);
+                while let Some(e) = rd.next_entry(repo)? {
+                    if let (Content::Plain(_), Some(r)) = (&e.content, &e.row) {
+                        if let Some(k) = MbFile::decode(&r.mbfile)
+                            .ok()
+                            .and_then(|f| f.encryption_key)
+                        {
+                            t.insert(e.file_id, k).map_err(ScratchError::from)?;
+                        }
+                    }
+                }
+                self.wrapped = Some(t.clone());
+                t
+            }
+        };
+        Ok(tree
+            .get(file_id)
+            .map_err(ScratchError::from)?
+            .map(|v| v.to_vec()))
     }
 
     /// Applies one operation with the semantics of `BackupTarget`.
@@ -281,20 +532,20 @@ impl WorkTree {
                 size,
                 sealed,
             } => {
-                if !self.is_dir(parent_of(path)) {
+                if !self.is_dir(parent_of(path))? {
                     return Err(TreeError::NotFound);
                 }
-                if matches!(self.nodes.get(path), Some(Node::Dir)) {
+                if matches!(self.get(path)?, Some(Node::Dir)) {
                     return Err(TreeError::IsADirectory);
                 }
-                self.nodes.insert(
-                    path.clone(),
-                    Node::Staged {
+                self.insert(
+                    path.as_bytes(),
+                    &Node::Staged {
                         staged: staged.clone(),
                         size: *size,
                         sealed: *sealed,
                     },
-                );
+                )?;
             }
             Op::Mkdir { path } => {
                 let mut cur = String::new();
@@ -303,61 +554,41 @@ impl WorkTree {
                         cur.push('/');
                     }
                     cur.push_str(c);
-                    match self.nodes.get(&cur) {
+                    match self.get(&cur)? {
                         Some(Node::Dir) => {}
                         Some(_) => return Err(TreeError::NotADirectory),
-                        None => {
-                            self.nodes.insert(cur.clone(), Node::Dir);
-                        }
+                        None => self.insert(cur.as_bytes(), &Node::Dir)?,
                     }
                 }
             }
-            Op::Remove { path } => {
-                for k in self.subtree_keys(path) {
-                    self.nodes.remove(&k);
-                }
-            }
+            Op::Remove { path } => self.remove_subtree(path)?,
             Op::Move { src, dst } => {
-                if !self.nodes.contains_key(src) {
+                if !self.contains(src)? {
                     return Err(TreeError::NotFound);
                 }
-                if !self.is_dir(parent_of(dst)) || dst.starts_with(&format!("{src}/")) {
+                if !self.is_dir(parent_of(dst))? || dst.starts_with(&format!("{src}/")) {
                     return Err(TreeError::NotFound);
                 }
                 if src == dst {
                     return Ok(());
                 }
-                let moved: Vec<(String, Node)> = self
-                    .subtree_keys(src)
-                    .into_iter()
-                    .filter_map(|k| self.nodes.remove(&k).map(|n| (k, n)))
-                    .collect();
-                for k in self.subtree_keys(dst) {
-                    self.nodes.remove(&k);
-                }
-                for (k, n) in moved {
-                    self.nodes.insert(format!("{dst}{}", &k[src.len()..]), n);
-                }
+                self.stash(src, true)?;
+                self.remove_subtree(dst)?;
+                self.unstash(dst)?;
             }
             Op::Copy { src, dst } => {
-                if !self.nodes.contains_key(src) {
+                let Some(src_node) = self.get(src)? else {
+                    return Err(TreeError::NotFound);
+                };
+                if !self.is_dir(parent_of(dst))? {
                     return Err(TreeError::NotFound);
                 }
-                if !self.is_dir(parent_of(dst)) {
-                    return Err(TreeError::NotFound);
-                }
-                let copied: Vec<(String, Node)> = self
-                    .subtree_keys(src)
-                    .into_iter()
-                    .filter_map(|k| self.nodes.get(&k).cloned().map(|n| (k, n)))
-                    .collect();
-                let src_is_file = !matches!(self.nodes.get(src), Some(Node::Dir));
-                if src_is_file && matches!(self.nodes.get(dst), Some(Node::Dir)) {
+                let src_is_file = !matches!(src_node, Node::Dir);
+                if src_is_file && matches!(self.get(dst)?, Some(Node::Dir)) {
                     return Err(TreeError::IsADirectory);
                 }
-                for (k, n) in copied {
-                    self.nodes.insert(format!("{dst}{}", &k[src.len()..]), n);
-                }
+                self.stash(src, false)?;
+                self.unstash(dst)?;
             }
         }
         Ok(())
@@ -454,32 +685,41 @@ impl Session {
         })
     }
 
-    /// Re-opens an existing session: its info, and its ops (torn tail cut).
-    pub fn open(repo: &Repository, id: SessionId) -> Result<(Session, Vec<Op>), StagingError> {
-        let storage = repo.storage().clone();
-        let dir = Self::dir_of(&id);
-        let spath = format!("{dir}/session");
-        let bytes = storage.read(&spath, SESSION_FILE_MAX)?;
+    /// The session file of an existing session.
+    pub fn info_of(repo: &Repository, id: SessionId) -> Result<SessionInfo, StagingError> {
+        let spath = format!("{}/session", Self::dir_of(&id));
+        let bytes = repo.storage().read(&spath, SESSION_FILE_MAX)?;
         let (_, payload) =
             seal::open_file(repo.keys(), MAGIC_SESSION, &[1], SESSION_FILE_MAX, &bytes)
                 .map_err(|e| StagingError::damaged(&spath, e))?;
-        let info = SessionInfo::decode(&payload).map_err(|e| StagingError::damaged(&spath, e))?;
+        SessionInfo::decode(&payload).map_err(|e| StagingError::damaged(&spath, e))
+    }
+
+    /// Re-opens an existing session: its info, and its ops (torn tail cut) handed to `each` one
+    /// at a time, in order.
+    pub fn open(
+        repo: &Repository,
+        id: SessionId,
+        mut each: impl FnMut(Op) -> Result<(), StagingError>,
+    ) -> Result<Session, StagingError> {
+        let storage = repo.storage().clone();
+        let dir = Self::dir_of(&id);
+        let info = Self::info_of(repo, id)?;
         let opath = format!("{dir}/ops.log");
-        let (ops, payloads) =
-            Journal::open(storage.as_ref(), repo.keys(), &opath, JournalKind::Ops, id)?;
-        let ops_list = payloads
-            .iter()
-            .map(|p| Op::decode(p).map_err(|e| StagingError::damaged(&opath, e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((
-            Session {
-                storage,
-                id,
-                info,
-                ops,
-            },
-            ops_list,
-        ))
+        let ops = Journal::open_each(
+            storage.as_ref(),
+            repo.keys(),
+            &opath,
+            JournalKind::Ops,
+            id,
+            |p| each(Op::decode(&p).map_err(|e| StagingError::damaged(&opath, e))?),
+        )?;
+        Ok(Session {
+            storage,
+            id,
+            info,
+            ops,
+        })
     }
 
     pub fn id(&self) -> SessionId {
@@ -522,9 +762,11 @@ impl Session {
         Ok(())
     }
 
-    /// The phone finished: `ops.log` durable, then the sealed `done` marker.
+    /// The phone finished: every received file (written and renamed into place without fsync)
+    /// and `ops.log` made durable at once, then the sealed `done` marker (§12).
     pub fn mark_done(&mut self, keys: &Keys) -> Result<(), StagingError> {
-        self.ops.sync(self.storage.as_ref())?;
+        self.ops.write(self.storage.as_ref())?;
+        self.storage.sync_all()?;
         self.storage.create(
             &self.path("done"),
             &seal::seal_file(keys, MAGIC_DONE, 1, &now_ms().to_le_bytes()),
@@ -623,7 +865,11 @@ mod tests {
 
     #[test]
     fn tree_follows_the_phones_moves_and_removals() {
-        let mut t = WorkTree::new();
+        let mut t = WorkTree::new().unwrap();
+        let staged = |t: &WorkTree, p: &str| match t.get(p).unwrap() {
+            Some(Node::Staged { staged, .. }) => Some(staged),
+            _ => None,
+        };
         assert_eq!(
             t.apply(&rec("U/Snapshot/ab/f", "s")),
             Err(TreeError::NotFound)
@@ -643,26 +889,34 @@ mod tests {
             dst: "U/ab/f".into(),
         })
         .unwrap();
-        assert!(matches!(t.get("U/ab/f"), Some(Node::Staged { staged, .. }) if staged == "s"));
-        assert!(t.get("U/Snapshot/ab/f").is_none());
+        assert_eq!(staged(&t, "U/ab/f").as_deref(), Some("s"));
+        assert!(t.get("U/Snapshot/ab/f").unwrap().is_none());
         t.apply(&Op::Remove {
             path: "U/Snapshot".into(),
         })
         .unwrap();
-        assert!(t.get("U/Snapshot/ab").is_none());
+        assert!(t.get("U/Snapshot/ab").unwrap().is_none());
+        assert!(t.get("U/Snapshot").unwrap().is_none());
         t.apply(&Op::Remove {
             path: "U/nothing".into(),
         })
         .unwrap();
-        let names: Vec<String> = t.children(Some("U/ab")).into_iter().map(|c| c.0).collect();
+        let names: Vec<String> = t
+            .children(Some("U/ab"))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
         assert_eq!(names, vec!["f", "old"]);
         // A directory moved over a file replaces it with its whole subtree.
+        t.apply(&rec("U/cd", "c")).unwrap();
         t.apply(&Op::Move {
             src: "U/ab".into(),
             dst: "U/cd".into(),
         })
         .unwrap();
-        assert!(t.get("U/cd/old").is_some() && t.get("U/ab/old").is_none());
+        assert!(t.get("U/cd/old").unwrap().is_some() && t.get("U/ab/old").unwrap().is_none());
+        assert!(matches!(t.get("U/cd").unwrap(), Some(Node::Dir)));
         assert_eq!(
             t.apply(&Op::Move {
                 src: "U/zz".into(),
@@ -675,6 +929,66 @@ mod tests {
             dst: "U/ef".into(),
         })
         .unwrap();
-        assert!(t.get("U/ef/f").is_some() && t.get("U/cd/f").is_some());
+        assert_eq!(staged(&t, "U/ef/f").as_deref(), Some("s"));
+        assert!(t.get("U/cd/f").unwrap().is_some());
+        // A file moved over a directory replaces the directory and what it held.
+        t.apply(&Op::Move {
+            src: "U/ef/f".into(),
+            dst: "U/cd".into(),
+        })
+        .unwrap();
+        assert_eq!(staged(&t, "U/cd").as_deref(), Some("s"));
+        assert!(t.get("U/cd/old").unwrap().is_none());
+    }
+
+    #[test]
+    fn children_skip_deeper_levels_and_siblings_sharing_a_prefix() {
+        let mut t = WorkTree::new().unwrap();
+        for d in ["U/a/x/y", "U/a0", "U/a.b", "U/b"] {
+            t.apply(&Op::Mkdir { path: d.into() }).unwrap();
+        }
+        t.apply(&rec("U/a/x/y/f", "1")).unwrap();
+        t.apply(&rec("U/a/g", "2")).unwrap();
+        t.apply(&rec("U/a-file", "3")).unwrap();
+        let names: Vec<String> = t
+            .children(Some("U"))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(names, vec!["a", "a-file", "a.b", "a0", "b"]);
+        let root: Vec<String> = t.children(None).unwrap().into_iter().map(|c| c.0).collect();
+        assert_eq!(root, vec!["U"]);
+        let all: Vec<String> = t.scan("U/a/").map(|r| r.unwrap().0).collect();
+        assert_eq!(all, vec!["U/a/g", "U/a/x", "U/a/x/y", "U/a/x/y/f"]);
+    }
+
+    #[test]
+    fn nodes_round_trip_through_the_scratch_encoding() {
+        let s = Stream::empty();
+        for n in [
+            Node::Dir,
+            Node::Staged {
+                staged: "ab".into(),
+                size: 7,
+                sealed: true,
+            },
+            Node::BaseTop(Arc::new(TopFile {
+                name: "Manifest.db".into(),
+                encoding: TopEncoding::ManifestDbPlain,
+                stream: s.clone(),
+            })),
+            Node::BaseData(Arc::new(BaseFile {
+                file_id: [7; 20],
+                content: Content::Raw(s.clone()),
+            })),
+            Node::BaseData(Arc::new(BaseFile {
+                file_id: [8; 20],
+                content: Content::Plain(s),
+            })),
+        ] {
+            assert_eq!(decode_node(&encode_node(&n)).unwrap(), n);
+        }
+        assert!(decode_node(&[9]).is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A failed storage operation, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,12 @@ pub trait NewFile: Send {
     fn written(&self) -> u64;
     /// fsync, rename to the final name (never replacing one), fsync the directory.
     fn finish(self: Box<Self>) -> StorageResult<()>;
+    /// Renames to the final name (never replacing one) without any fsync: neither the bytes nor
+    /// the name are durable until `Storage::sync_all`. For files many of which are made durable
+    /// together (received files of a staging session, format.md §12).
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        self.finish()
+    }
 }
 
 /// The repository's files, by names relative to its root with `/` separators (format.md §21).
@@ -141,6 +148,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_file(&self, path: &str) -> StorageResult<()>;
     /// fsync of a directory (and, on exFAT, `syncfs`).
     fn sync_dir(&self, dir: &str) -> StorageResult<()>;
+    /// Makes everything written, created, renamed or deleted so far durable, at once (`syncfs`
+    /// of the drive's file system).
+    fn sync_all(&self) -> StorageResult<()>;
+    /// When a file was last written or touched, in ms since the epoch (by the storage's clock).
+    fn modified_ms(&self, path: &str) -> StorageResult<i64>;
+    /// Sets a file's modification time to now: a lock holder's refresh (format.md §11).
+    fn touch(&self, path: &str) -> StorageResult<()>;
     /// The repository root on the local file system, where a local index may live; `None` for
     /// storage that is not a local folder.
     fn local_root(&self) -> Option<&Path>;
@@ -154,6 +168,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
             .map_err(|e| StorageError::from_io(&root.display().to_string(), e.into()))?;
         Ok(Some(v.f_bavail.saturating_mul(v.f_frsize)))
     }
+}
+
+/// `t` in ms since the epoch (0 for a time before it).
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Checks a repository-relative name: non-empty `/`-separated components, none empty, `.` or
@@ -349,6 +369,22 @@ impl NewFile for LocalNewFile {
         storage.rename_noreplace(&tmp, &fin, &path)?;
         storage.fsync_dir(parent_of(&path))
     }
+
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        let LocalNewFile {
+            storage,
+            path,
+            tmp,
+            file,
+            ..
+        } = *self;
+        let file = file
+            .into_inner()
+            .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
+        drop(file);
+        let fin = storage.full(&path, false)?;
+        storage.rename_noreplace(&tmp, &fin, &path)
+    }
 }
 
 impl Storage for LocalStorage {
@@ -530,6 +566,30 @@ impl Storage for LocalStorage {
         self.fsync_dir(dir)
     }
 
+    fn sync_all(&self) -> StorageResult<()> {
+        let f = File::open(&self.root).map_err(|e| StorageError::from_io("", e))?;
+        rustix::fs::syncfs(&f).map_err(|e| StorageError::from_io("", e.into()))?;
+        after_fsync();
+        Ok(())
+    }
+
+    fn modified_ms(&self, path: &str) -> StorageResult<i64> {
+        let p = self.full(path, false)?;
+        let m = std::fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .map_err(|e| StorageError::from_io(path, e))?;
+        Ok(epoch_ms(m))
+    }
+
+    fn touch(&self, path: &str) -> StorageResult<()> {
+        let p = self.full(path, false)?;
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(|e| StorageError::from_io(path, e))
+    }
+
     fn local_root(&self) -> Option<&Path> {
         Some(&self.root)
     }
@@ -565,12 +625,20 @@ struct CrashState {
     pull_at_fsync: Option<u64>,
     /// The drive is pulled once `writes` reaches this.
     pull_at_write: Option<u64>,
+    /// Mutating `Storage` calls so far (not counting a `NewFile`'s writes and finish).
+    ops: u64,
+    /// The mutating call after this many fails, the drive pulled just before it.
+    pull_at_op: Option<u64>,
+    /// The clock of modification times, when a test set it (else the system's).
+    clock_ms: Option<i64>,
 }
 
 #[derive(Default, Clone)]
 struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// Modification time (ms since the epoch), kept across a power cut.
+    modified: i64,
 }
 
 impl fmt::Debug for CrashStorage {
@@ -617,6 +685,7 @@ impl CrashStorage {
         s.space_left = None;
         s.pull_at_fsync = None;
         s.pull_at_write = None;
+        s.pull_at_op = None;
     }
 
     /// The drive is pulled (as `remove_drive`) right after `n` more fsyncs: the writer fails
@@ -630,6 +699,19 @@ impl CrashStorage {
     pub fn pull_after_writes(&self, n: u64) {
         let mut s = self.lock();
         s.pull_at_write = Some(s.writes + n);
+    }
+
+    /// The drive is pulled right before the mutating `Storage` call that follows `n` more of
+    /// them (creates, deletes, directory creation, appends, truncates, fsyncs), so that call and
+    /// every later one fails.
+    pub fn pull_after_ops(&self, n: u64) {
+        let mut s = self.lock();
+        s.pull_at_op = Some(s.ops + n);
+    }
+
+    /// Sets the clock that stamps modification times (ms since the epoch) from now on.
+    pub fn set_clock_ms(&self, ms: i64) {
+        self.lock().clock_ms = Some(ms);
     }
 
     /// Number of writes (appends and streamed writes) so far.
@@ -654,6 +736,9 @@ impl CrashStorage {
             writes: s.writes,
             pull_at_fsync: s.pull_at_fsync,
             pull_at_write: s.pull_at_write,
+            ops: s.ops,
+            pull_at_op: s.pull_at_op,
+            clock_ms: s.clock_ms,
         };
         CrashStorage {
             inner: Arc::new(Mutex::new(copy)),
@@ -712,6 +797,15 @@ impl CrashState {
         Ok(())
     }
 
+    /// `check` for a mutating call, which is counted first (`pull_after_ops`).
+    fn check_mutation(&mut self, path: &str) -> StorageResult<()> {
+        self.ops += 1;
+        if self.pull_at_op.is_some_and(|n| self.ops > n) {
+            self.removed = true;
+        }
+        self.check(path)
+    }
+
     fn ino(&self, path: &str) -> StorageResult<u64> {
         self.live
             .get(path)
@@ -751,11 +845,10 @@ impl CrashState {
     fn write(&mut self, path: &str, ino: u64, bytes: &[u8]) -> StorageResult<()> {
         self.check(path)?;
         self.spend(path, bytes.len())?;
-        self.inodes
-            .entry(ino)
-            .or_default()
-            .live
-            .extend_from_slice(bytes);
+        let now = self.now_ms();
+        let inode = self.inodes.entry(ino).or_default();
+        inode.live.extend_from_slice(bytes);
+        inode.modified = now;
         self.last_write = Some(ino);
         self.writes += 1;
         if self.pull_at_write.is_some_and(|n| self.writes >= n) {
@@ -773,8 +866,16 @@ impl CrashState {
 
     fn new_inode(&mut self) -> u64 {
         self.next_ino += 1;
-        self.inodes.insert(self.next_ino, Inode::default());
+        let inode = Inode {
+            modified: self.now_ms(),
+            ..Inode::default()
+        };
+        self.inodes.insert(self.next_ino, inode);
         self.next_ino
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock_ms.unwrap_or_else(|| epoch_ms(SystemTime::now()))
     }
 
     fn sync_ino(&mut self, ino: u64) {
@@ -837,6 +938,20 @@ impl NewFile for CrashNewFile {
         s.live.remove(&self.tmp);
         s.live.insert(self.path.clone(), self.ino);
         s.sync_dir(parent_of(&self.path));
+        Ok(())
+    }
+
+    fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        let mut s = self.storage.lock();
+        s.check(&self.path)?;
+        if s.live.contains_key(&self.path) {
+            return Err(StorageError::AlreadyExists { path: self.path });
+        }
+        if s.live.get(&self.tmp) != Some(&self.ino) {
+            return Err(StorageError::NotFound { path: self.tmp });
+        }
+        s.live.remove(&self.tmp);
+        s.live.insert(self.path.clone(), self.ino);
         Ok(())
     }
 }
@@ -912,7 +1027,7 @@ impl Storage for CrashStorage {
     fn create_streaming(&self, path: &str) -> StorageResult<Box<dyn NewFile>> {
         let tmp = tmp_name(path)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         s.need_parent(path)?;
         if s.live.contains_key(path) {
             return Err(StorageError::AlreadyExists {
@@ -934,7 +1049,7 @@ impl Storage for CrashStorage {
     fn create_exclusive(&self, path: &str, bytes: &[u8]) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         s.need_parent(path)?;
         if s.live.contains_key(path) {
             return Err(StorageError::AlreadyExists {
@@ -953,7 +1068,7 @@ impl Storage for CrashStorage {
     fn delete(&self, path: &str) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         s.ino(path)?;
         s.live.remove(path);
         Ok(())
@@ -962,7 +1077,7 @@ impl Storage for CrashStorage {
     fn delete_dir_all(&self, path: &str) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         if !s.dirs.contains(path) {
             return Err(StorageError::NotFound {
                 path: path.to_string(),
@@ -979,7 +1094,7 @@ impl Storage for CrashStorage {
     fn create_dir(&self, path: &str) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         if s.live.contains_key(path) {
             return Err(StorageError::AlreadyExists {
                 path: path.to_string(),
@@ -1000,7 +1115,7 @@ impl Storage for CrashStorage {
     fn append(&self, path: &str, bytes: &[u8]) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         s.need_parent(path)?;
         let ino = match s.live.get(path) {
             Some(&i) => i,
@@ -1016,10 +1131,12 @@ impl Storage for CrashStorage {
     fn truncate(&self, path: &str, len: u64) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         let ino = s.ino(path)?;
+        let now = s.now_ms();
         if let Some(i) = s.inodes.get_mut(&ino) {
             i.live.truncate(len as usize);
+            i.modified = now;
         }
         s.last_write = Some(ino);
         Ok(())
@@ -1028,7 +1145,7 @@ impl Storage for CrashStorage {
     fn sync_file(&self, path: &str) -> StorageResult<()> {
         check_path(path, false)?;
         let mut s = self.lock();
-        s.check(path)?;
+        s.check_mutation(path)?;
         let ino = s.ino(path)?;
         s.sync_ino(ino);
         Ok(())
@@ -1037,13 +1154,45 @@ impl Storage for CrashStorage {
     fn sync_dir(&self, dir: &str) -> StorageResult<()> {
         check_path(dir, true)?;
         let mut s = self.lock();
-        s.check(dir)?;
+        s.check_mutation(dir)?;
         if !s.dir_exists(dir) {
             return Err(StorageError::NotFound {
                 path: dir.to_string(),
             });
         }
         s.sync_dir(dir);
+        Ok(())
+    }
+
+    fn sync_all(&self) -> StorageResult<()> {
+        let mut s = self.lock();
+        s.check_mutation("")?;
+        s.count_fsync();
+        for i in s.inodes.values_mut() {
+            i.durable = i.live.clone();
+        }
+        s.durable = s.live.clone();
+        s.last_write = None;
+        Ok(())
+    }
+
+    fn modified_ms(&self, path: &str) -> StorageResult<i64> {
+        check_path(path, false)?;
+        let s = self.lock();
+        s.check(path)?;
+        let ino = s.ino(path)?;
+        Ok(s.inodes.get(&ino).map_or(0, |i| i.modified))
+    }
+
+    fn touch(&self, path: &str) -> StorageResult<()> {
+        check_path(path, false)?;
+        let mut s = self.lock();
+        s.check_mutation(path)?;
+        let ino = s.ino(path)?;
+        let now = s.now_ms();
+        if let Some(i) = s.inodes.get_mut(&ino) {
+            i.modified = now;
+        }
         Ok(())
     }
 

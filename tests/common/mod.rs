@@ -1,10 +1,14 @@
 //! Helpers shared by the integration tests: the real peer tools (where they are, and whether a
 //! missing one fails or skips the test), the `cradle` binary, `cradle sim serve` as a process
-//! (`serve`), the synthetic phone's tree, and tree comparison.
+//! (`serve`), the synthetic phone's tree, and tree comparison; a repository through the binary
+//! (`repo`), the store API's fixtures (`store`) and the crash tests' seeded schedule (`rng`).
 #![allow(dead_code)]
 
 pub mod mb2;
+pub mod repo;
+pub mod rng;
 pub mod serve;
+pub mod store;
 pub mod usbmux;
 
 use std::collections::BTreeMap;
@@ -158,6 +162,20 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, TreeEntry> {
     out
 }
 
+/// The exported files a phone's backup of a day determines: not the host's Info.plist (with its
+/// clock), nor Status.plist, which says whether the backup was full (a second backup of the same
+/// day, after a kill just after the commit, is incremental).
+pub fn phone_files(t: &BTreeMap<String, TreeEntry>) -> BTreeMap<String, TreeEntry> {
+    t.iter()
+        .filter(|(p, e)| {
+            matches!(e, TreeEntry::File { .. })
+                && !p.ends_with("/Info.plist")
+                && !p.ends_with("/Status.plist")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Asserts two trees are equal, listing the first differences readably.
 pub fn assert_trees_equal(
     expected: &BTreeMap<String, TreeEntry>,
@@ -184,6 +202,20 @@ pub fn assert_trees_equal(
             "{what}: {n} differences, first ones:\n  {}",
             problems.join("\n  ")
         );
+    }
+}
+
+/// Copies the folder `src` (files and folders) to `dst`.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
     }
 }
 
