@@ -209,7 +209,7 @@ impl BackupFolder {
             .unwrap_file_key(&wrapped)
             .map_err(|e: FileKeyError| FolderError::ManifestKey(e.to_string()))?;
         let scratch = tempfile::Builder::new()
-            .prefix("cradle-manifest-")
+            .prefix(&crate::store::scratch::private_prefix("cradle-manifest-"))
             .tempdir()
             .map_err(FolderError::io(Path::new("temporary folder")))?;
         let src_path = self.root.join("Manifest.db");
