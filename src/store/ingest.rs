@@ -102,11 +102,7 @@ enum Done {
 
 fn encode_top(t: &TopFile, out: &mut Vec<u8>) {
     super::codec::put_bytes(out, t.name.as_bytes());
-    out.push(match t.encoding {
-        TopEncoding::Verbatim => 0,
-        TopEncoding::ManifestDbPlain => 1,
-        TopEncoding::Raw => 2,
-    });
+    out.push(t.encoding.code());
     t.stream.encode(out);
 }
 
@@ -138,17 +134,7 @@ impl Done {
             )?),
             2 => {
                 let name = r.str(64, "top name")?.to_string();
-                let encoding = match r.u8("top encoding")? {
-                    0 => TopEncoding::Verbatim,
-                    1 => TopEncoding::ManifestDbPlain,
-                    2 => TopEncoding::Raw,
-                    v => {
-                        return Err(DecodeError::UnknownValue {
-                            field: "top encoding",
-                            value: u64::from(v),
-                        })
-                    }
-                };
+                let encoding = TopEncoding::from_code(r.u8("top encoding")?, "top encoding")?;
                 Done::Top(TopFile {
                     name,
                     encoding,

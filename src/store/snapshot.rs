@@ -81,11 +81,25 @@ pub enum TopEncoding {
 }
 
 impl TopEncoding {
-    fn code(self) -> u8 {
+    /// Its byte in records and journals.
+    pub(super) fn code(self) -> u8 {
         match self {
             TopEncoding::Verbatim => 0,
             TopEncoding::ManifestDbPlain => 1,
             TopEncoding::Raw => 2,
+        }
+    }
+
+    /// The encoding a byte names; `field` says where it was read, for the error.
+    pub(super) fn from_code(v: u8, field: &'static str) -> Result<Self, DecodeError> {
+        match v {
+            0 => Ok(TopEncoding::Verbatim),
+            1 => Ok(TopEncoding::ManifestDbPlain),
+            2 => Ok(TopEncoding::Raw),
+            v => Err(DecodeError::UnknownValue {
+                field,
+                value: u64::from(v),
+            }),
         }
     }
 }
@@ -300,17 +314,7 @@ impl SnapshotRecord {
             if !is_valid_top_name(name) {
                 return Err(DecodeError::Invalid("top file name"));
             }
-            let encoding = match r.u8("top file encoding")? {
-                0 => TopEncoding::Verbatim,
-                1 => TopEncoding::ManifestDbPlain,
-                2 => TopEncoding::Raw,
-                v => {
-                    return Err(DecodeError::UnknownValue {
-                        field: "top file encoding",
-                        value: u64::from(v),
-                    })
-                }
-            };
+            let encoding = TopEncoding::from_code(r.u8("top file encoding")?, "top file encoding")?;
             let stream = Stream::decode(&mut r)?;
             top_files.push(TopFile {
                 name: name.to_string(),

@@ -201,11 +201,7 @@ fn encode_node(n: &Node) -> Vec<u8> {
         Node::BaseTop(t) => {
             o.push(1);
             put_bytes(&mut o, t.name.as_bytes());
-            o.push(match t.encoding {
-                TopEncoding::Verbatim => 0,
-                TopEncoding::ManifestDbPlain => 1,
-                TopEncoding::Raw => 2,
-            });
+            o.push(t.encoding.code());
             t.stream.encode(&mut o);
         }
         Node::BaseData(f) => {
@@ -243,17 +239,7 @@ fn decode_node(b: &[u8]) -> Result<Node, DecodeError> {
         0 => Node::Dir,
         1 => {
             let name = r.str(64, "top name")?.to_string();
-            let encoding = match r.u8("top encoding")? {
-                0 => TopEncoding::Verbatim,
-                1 => TopEncoding::ManifestDbPlain,
-                2 => TopEncoding::Raw,
-                v => {
-                    return Err(DecodeError::UnknownValue {
-                        field: "top encoding",
-                        value: u64::from(v),
-                    })
-                }
-            };
+            let encoding = TopEncoding::from_code(r.u8("top encoding")?, "top encoding")?;
             Node::BaseTop(Arc::new(TopFile {
                 name,
                 encoding,

@@ -351,39 +351,38 @@ impl NewFile for LocalNewFile {
     }
 
     fn finish(self: Box<Self>) -> StorageResult<()> {
-        let LocalNewFile {
-            storage,
-            path,
-            tmp,
-            file,
-            ..
-        } = *self;
-        let file = file
-            .into_inner()
-            .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| StorageError::from_io(&path, e))?;
-        after_fsync();
-        drop(file);
-        let fin = storage.full(&path, false)?;
-        storage.rename_noreplace(&tmp, &fin, &path)?;
+        let (storage, path) = (*self).close_and_rename(true)?;
         storage.fsync_dir(parent_of(&path))
     }
 
     fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        (*self).close_and_rename(false).map(|_| ())
+    }
+}
+
+impl LocalNewFile {
+    /// Flushes and closes the temporary file (fsynced first when `sync`), then renames it to
+    /// its name; returns what the caller may still need to make the rename durable.
+    fn close_and_rename(self, sync: bool) -> StorageResult<(LocalStorage, String)> {
         let LocalNewFile {
             storage,
             path,
             tmp,
             file,
             ..
-        } = *self;
+        } = self;
         let file = file
             .into_inner()
             .map_err(|e| StorageError::from_io(&path, e.into_error()))?;
+        if sync {
+            file.sync_all()
+                .map_err(|e| StorageError::from_io(&path, e))?;
+            after_fsync();
+        }
         drop(file);
         let fin = storage.full(&path, false)?;
-        storage.rename_noreplace(&tmp, &fin, &path)
+        storage.rename_noreplace(&tmp, &fin, &path)?;
+        Ok((storage, path))
     }
 }
 
