@@ -71,8 +71,9 @@ struct Reference {
 fn backup_args(repo: &Path, state: &Path, pw: &Path, day: u32) -> Vec<String> {
     let spec = format!("{PROFILE}:{PHONE_SEED}:{day}");
     sim_backup_args(&spec, DPIC, repo, state, pw)
+        .into_iter()
         .map(String::from)
-        .to_vec()
+        .collect()
 }
 
 fn init_repo(dir: &Path, pw: &Path) -> PathBuf {

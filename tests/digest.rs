@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::repo::{Repo, LIMIT};
+use common::repo::{sent_bytes, sim_backup_to, snapshot_line, Repo, LIMIT};
 use common::rng::{crash_seed, Rng};
 use common::{copy_tree, read_tree, s, Output, TreeEntry};
 use std::collections::BTreeMap;
@@ -50,36 +50,24 @@ impl Repo {
     /// left as it is: (stdout line, bytes the phone sent for data files).
     fn backup(&self, state: &Path, seed: u64, day: u32) -> (String, u64) {
         let spec = format!("{PROFILE}:{seed}:{day}");
-        let o = cradle(&[
-            "backup",
-            "--sim",
+        let o = cradle(&sim_backup_to(
             &spec,
-            "--sim-dpic",
             DPIC,
             "--to-repo",
-            s(&self.path),
-            "--state-dir",
-            s(state),
-            "--password-file",
-            s(&self.pw),
-        ]);
+            &self.path,
+            state,
+            &self.pw,
+            false,
+        ));
         assert!(o.success, "backup --to-repo {spec}: {o:?}");
-        let line = o
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("snapshot "))
-            .unwrap_or_else(|| panic!("no snapshot line in {}", o.stdout))
-            .to_string();
-        let b = line.split(" new, ").nth(1).unwrap();
-        let bytes = b.split(' ').next().unwrap().parse().unwrap();
+        let line = snapshot_line(&o).to_string();
+        let bytes = sent_bytes(&line);
         (line, bytes)
     }
 
     /// (id, kind) of every listed snapshot.
     fn snapshots(&self) -> Vec<(String, String)> {
-        let o = self.run(&["snapshots", "--json"]);
-        assert!(o.success, "snapshots: {o:?}");
-        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+        let v = self.json(&["snapshots", "--json"]);
         v.as_array()
             .unwrap()
             .iter()
@@ -110,24 +98,6 @@ impl Repo {
         let o = self.run(&["check", "--read-data"]);
         assert!(o.success, "{what}: check --read-data: {o:?}");
     }
-
-    fn size(&self) -> u64 {
-        dir_size(&self.path)
-    }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        let m = e.metadata().unwrap();
-        n += if m.is_dir() {
-            dir_size(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    n
 }
 
 /// A phone (sim seed) whose backups are encrypted with `phone_pw`, set by a first backup into a
@@ -136,20 +106,15 @@ fn phone(dir: &Path, seed: u64, phone_pw: &Path) -> (PathBuf, PathBuf) {
     let state = dir.join(format!("state-{seed}"));
     let folder = dir.join(format!("folder-{seed}"));
     let spec = format!("{PROFILE}:{seed}:1");
-    let o = cradle(&[
-        "backup",
-        "--sim",
+    let o = cradle(&sim_backup_to(
         &spec,
-        "--sim-dpic",
         DPIC,
         "--to-folder",
-        s(&folder),
-        "--state-dir",
-        s(&state),
-        "--encrypt",
-        "--password-file",
-        s(phone_pw),
-    ]);
+        &folder,
+        &state,
+        phone_pw,
+        true,
+    ));
     assert!(o.success, "backup --to-folder {spec}: {o:?}");
     (state, folder)
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::repo::{snapshot_line, Repo, LIMIT};
+use common::repo::{sent_bytes, snapshot_line, Repo, LIMIT};
 use common::serve::Serve;
 use common::{assert_trees_equal, copy_tree, read_tree, run_with_timeout, s, Output, TreeEntry};
 use std::collections::BTreeMap;
@@ -30,10 +30,7 @@ impl Repo {
         let o = self.sim_backup(&format!("{PROFILE}:{seed}:{day}"), DPIC, &self.state);
         let line = snapshot_line(&o);
         assert!(line.contains("(digested)"), "{line}");
-        // "… N files (M new, B bytes) …"
-        let b = line.split(" new, ").nth(1).unwrap();
-        let bytes = b.split(' ').next().unwrap().parse().unwrap();
-        (bytes, o.stdout)
+        (sent_bytes(line), o.stdout)
     }
 
     fn snapshot_ids(&self) -> Vec<(String, String)> {
@@ -56,24 +53,6 @@ impl Repo {
         assert!(o.success, "export {snap}: {o:?}");
         t.elapsed()
     }
-
-    fn size(&self) -> u64 {
-        dir_size(&self.path)
-    }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        let m = e.metadata().unwrap();
-        n += if m.is_dir() {
-            dir_size(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    n
 }
 
 /// `cradle backup --sim … --to-folder` into `folder` (its own state dir).

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, BufReader};
 
 use super::ids::SnapshotId;
-use super::ingest::{decrypt_db, file_key, hex20, put_plaintext};
+use super::ingest::{decrypt_db, file_key, hex20, put_plaintext, BATCH_BYTES, PLIST_MAX};
 use super::lock::{LockEnv, LockError, LockPurpose};
 use super::repo::{RepoError, Repository, StreamCursor};
 use super::seal::BlobKind;
@@ -19,11 +19,6 @@ use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::manifest_db::{ManifestDb, FLAG_FILE};
 use crate::ios_backup::plists::ManifestPlist;
 use crate::password::Password;
-
-/// Largest Manifest.plist read into memory.
-const PLIST_MAX: u64 = 64 << 20;
-/// Plaintext stored between two pack flushes (keeps the in-memory chunk map small).
-const FLUSH_BYTES: u64 = 64 << 20;
 
 /// Why a digest failed. Nothing is committed before the new record, and the raw snapshot stays
 /// until the digested one is durable: running it again starts over (what was stored is reused).
@@ -457,7 +452,7 @@ impl Work<'_, '_> {
                 self.files_plain += 1;
                 self.bytes_plain += s.length;
                 self.since_flush += s.length;
-                if self.since_flush >= FLUSH_BYTES {
+                if self.since_flush >= BATCH_BYTES {
                     self.repo.flush()?;
                     self.since_flush = 0;
                 }

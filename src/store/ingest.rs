@@ -33,10 +33,10 @@ use crate::password::Password;
 
 /// Files whose `FileDone` frames are made durable together.
 const BATCH_FILES: usize = 2048;
-/// Staged bytes ingested between two pack flushes.
-const BATCH_BYTES: u64 = 64 << 20;
+/// Bytes stored between two pack flushes (ingest's staged files, digest's plaintext).
+pub(super) const BATCH_BYTES: u64 = 64 << 20;
 /// Largest plist read into memory.
-const PLIST_MAX: u64 = 64 << 20;
+pub(super) const PLIST_MAX: u64 = 64 << 20;
 
 /// Why an ingest failed. Everything durable so far stays; running it again resumes.
 #[derive(Debug, thiserror::Error)]

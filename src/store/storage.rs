@@ -923,26 +923,25 @@ impl NewFile for CrashNewFile {
     }
 
     fn finish(self: Box<Self>) -> StorageResult<()> {
-        let mut s = self.storage.lock();
-        s.check(&self.path)?;
-        s.sync_ino(self.ino);
-        // A drive pulled right after that fsync: the rename never happens.
-        s.check(&self.path)?;
-        if s.live.contains_key(&self.path) {
-            return Err(StorageError::AlreadyExists { path: self.path });
-        }
-        if s.live.get(&self.tmp) != Some(&self.ino) {
-            return Err(StorageError::NotFound { path: self.tmp });
-        }
-        s.live.remove(&self.tmp);
-        s.live.insert(self.path.clone(), self.ino);
-        s.sync_dir(parent_of(&self.path));
-        Ok(())
+        (*self).close_and_rename(true)
     }
 
     fn finish_unsynced(self: Box<Self>) -> StorageResult<()> {
+        (*self).close_and_rename(false)
+    }
+}
+
+impl CrashNewFile {
+    /// Renames the temporary file to its name; with `sync` its data is made durable first and
+    /// the rename after, as `LocalStorage` does.
+    fn close_and_rename(self, sync: bool) -> StorageResult<()> {
         let mut s = self.storage.lock();
         s.check(&self.path)?;
+        if sync {
+            s.sync_ino(self.ino);
+            // A drive pulled right after that fsync: the rename never happens.
+            s.check(&self.path)?;
+        }
         if s.live.contains_key(&self.path) {
             return Err(StorageError::AlreadyExists { path: self.path });
         }
@@ -951,6 +950,9 @@ impl NewFile for CrashNewFile {
         }
         s.live.remove(&self.tmp);
         s.live.insert(self.path.clone(), self.ino);
+        if sync {
+            s.sync_dir(parent_of(&self.path));
+        }
         Ok(())
     }
 }

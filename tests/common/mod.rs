@@ -220,6 +220,21 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 }
 
 /// A password file in `dir` holding `pw`.
+/// Bytes of every file under `p`.
+pub fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
 pub fn password_file(dir: &Path, pw: &str) -> PathBuf {
     let p = dir.join("password");
     std::fs::write(&p, format!("{pw}\n")).unwrap();

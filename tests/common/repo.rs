@@ -21,29 +21,46 @@ pub fn init_args<'a>(repo: &'a Path, pw: &'a Path) -> [&'a str; 6] {
     ]
 }
 
-/// `cradle backup` of the simulated phone `spec` (`PROFILE:SEED:DAY`) into `repo`, encrypted
-/// with the password in `pw`, pairing state in `state`.
+/// `cradle backup` of the simulated phone `spec` (`PROFILE:SEED:DAY`) into `target` (`to` is
+/// `--to-repo` or `--to-folder`) with the password in `pw`, pairing state in `state`; `encrypt`
+/// turns the phone's backup encryption on (otherwise it is left as it is).
+pub fn sim_backup_to<'a>(
+    spec: &'a str,
+    dpic: &'a str,
+    to: &'a str,
+    target: &'a Path,
+    state: &'a Path,
+    pw: &'a Path,
+    encrypt: bool,
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "backup",
+        "--sim",
+        spec,
+        "--sim-dpic",
+        dpic,
+        to,
+        s(target),
+        "--state-dir",
+        s(state),
+    ];
+    if encrypt {
+        a.push("--encrypt");
+    }
+    a.extend_from_slice(&["--password-file", s(pw)]);
+    a
+}
+
+/// `cradle backup` of the simulated phone `spec` into the repository `repo`, encrypted with the
+/// password in `pw`, pairing state in `state`.
 pub fn sim_backup_args<'a>(
     spec: &'a str,
     dpic: &'a str,
     repo: &'a Path,
     state: &'a Path,
     pw: &'a Path,
-) -> [&'a str; 12] {
-    [
-        "backup",
-        "--sim",
-        spec,
-        "--sim-dpic",
-        dpic,
-        "--to-repo",
-        s(repo),
-        "--state-dir",
-        s(state),
-        "--encrypt",
-        "--password-file",
-        s(pw),
-    ]
+) -> Vec<&'a str> {
+    sim_backup_to(spec, dpic, "--to-repo", repo, state, pw, true)
 }
 
 /// The `snapshot …` line of a backup into a repository.
@@ -52,6 +69,15 @@ pub fn snapshot_line(o: &Output) -> &str {
         .lines()
         .find(|l| l.starts_with("snapshot "))
         .unwrap_or_else(|| panic!("no snapshot line: {o:?}"))
+}
+
+/// The bytes the phone sent for data files, from a snapshot line ("… (M new, B bytes) …").
+pub fn sent_bytes(line: &str) -> u64 {
+    let b = line
+        .split(" new, ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no byte count in {line}"));
+    b.split(' ').next().unwrap().parse().unwrap()
 }
 
 /// A repository `tmp/Cradle` with its password file; backups keep their state under `state`.
@@ -73,6 +99,11 @@ impl Repo {
             pw,
             state: tmp.join("state"),
         }
+    }
+
+    /// Bytes of every file under the repository folder.
+    pub fn size(&self) -> u64 {
+        super::dir_size(&self.path)
     }
 
     /// Runs a command with `--repo` and the password file appended.
