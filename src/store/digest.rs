@@ -1,7 +1,6 @@
 //! Digest of raw snapshots (format.md §9.4): with the phone's backup password, a raw record's
 //! data files become plaintext chunks (ingest's own path), then the raw record goes.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufReader};
 
@@ -15,6 +14,7 @@ use super::snapshot::{
 };
 use super::stream::Stream;
 use super::table::{Content, FileEntry, Row};
+use crate::ios_backup::kdf::KdfParams;
 use crate::ios_backup::keybag::{Keybag, KeybagError, UnlockedKeybag};
 use crate::ios_backup::manifest_db::{ManifestDb, FLAG_FILE};
 use crate::ios_backup::plists::ManifestPlist;
@@ -49,6 +49,28 @@ pub enum DigestError {
     /// Local scratch space (the decrypted Manifest.db) failed.
     #[error("local scratch space for Manifest.db: {0}; free space in the temporary folder")]
     Scratch(io::Error),
+    /// The local scratch map of the raw data files failed.
+    #[error("{0}; free space in the temporary folder and run the digest again")]
+    ScratchMap(#[from] super::scratch::ScratchError),
+}
+
+/// KEKs already derived from the password in this run, by KDF parameters: a phone's raw
+/// snapshots share one keybag salt, and Apple's KDF costs seconds each time on the box.
+#[derive(Default)]
+struct KekCache(Vec<(KdfParams, zeroize::Zeroizing<[u8; 32]>)>);
+
+impl KekCache {
+    fn unlock(&mut self, kb: &Keybag, password: &Password) -> Result<UnlockedKeybag, KeybagError> {
+        let params = kb.kdf_params()?;
+        if let Some((_, kek)) = self.0.iter().find(|(p, _)| *p == params) {
+            return kb.unlock_with_kek(kek);
+        }
+        let kek = crate::ios_backup::kdf::derive_kek(password, &params)?;
+        let unlocked = kb.unlock_with_kek(&kek)?;
+        // Only a KEK that opened a keybag is kept (a wrong password is tried again each time).
+        self.0.push((params, kek));
+        Ok(unlocked)
+    }
 }
 
 /// What one digest did.
@@ -96,7 +118,7 @@ pub fn digest(
     progress: &mut dyn FnMut(DigestProgress),
 ) -> Result<DigestReport, DigestError> {
     let guard = repo.lock_writer(LockPurpose::Digest, env)?;
-    let r = digest_locked(repo, raw, password, progress)?;
+    let r = digest_locked(repo, raw, password, &mut KekCache::default(), progress)?;
     guard.release()?;
     Ok(r)
 }
@@ -113,12 +135,13 @@ pub fn digest_all(
     let listing = repo.snapshot_listing()?;
     let mut done = retire_superseded(repo, &listing)?;
     let mut skipped = Vec::new();
+    let mut keks = KekCache::default();
     for (id, rec) in listing
         .snapshots
         .iter()
         .filter(|(_, r)| r.kind == SnapshotKind::Raw)
     {
-        match digest_locked(repo, id, password, &mut |p| progress(id, p)) {
+        match digest_locked(repo, id, password, &mut keks, &mut |p| progress(id, p)) {
             Ok(r) => done.push(r),
             Err(
                 e @ (DigestError::WrongPassword(_)
@@ -198,12 +221,12 @@ fn retire_raw(
 /// each file row's raw data file decrypted with its own key through `put_plaintext` when §9.2
 /// allows (else kept raw, sharing the raw chunks), then the data files without a row, raw. The
 /// record (`digested_from` = the raw id) is committed as in §15.1, then the raw one deleted.
-/// Memory: the raw table's streams by fileID (about 100 bytes per data file, as ingest's working
-/// tree), one piece of a file at a time.
+/// Memory: the raw table's streams by fileID live in a scratch map; one piece of a file at a time.
 fn digest_locked(
     repo: &mut Repository,
     raw: &SnapshotId,
     password: &Password,
+    keks: &mut KekCache,
     progress: &mut dyn FnMut(DigestProgress),
 ) -> Result<DigestReport, DigestError> {
     let listing = repo.snapshot_listing()?;
@@ -239,7 +262,7 @@ fn digest_locked(
         return Err(bad("Manifest.plist", "the backup is not encrypted".into()));
     }
     let kb = Keybag::decode(manifest.backup_keybag()).map_err(|e| bad("keybag", e.to_string()))?;
-    let unlocked = match kb.unlock(password) {
+    let unlocked = match keks.unlock(&kb, password) {
         Ok(k) => k,
         Err(KeybagError::WrongPassword) => return Err(DigestError::WrongPassword(*raw)),
         Err(e) => return Err(bad("keybag", e.to_string())),
@@ -275,20 +298,31 @@ fn digest_locked(
     };
     let db = ManifestDb::open(&db_plain).map_err(|e| bad("Manifest.db", e.to_string()))?;
 
-    // The raw data files by fileID.
-    let mut raw_files: HashMap<[u8; 20], Stream> = HashMap::new();
+    // The raw data files by fileID, in a scratch map (memory stays flat whatever the count).
+    let scratch_map = super::scratch::Scratch::new()?;
+    let raw_files = scratch_map.tree("raw")?;
+    let mut total = 0u64;
     {
         let mut rd = repo.file_table_reader(&rec.file_table);
+        let mut buf = Vec::new();
         while let Some(e) = rd.next_entry(repo)? {
             match e.content {
                 Content::Raw(s) if e.row.is_none() => {
-                    raw_files.insert(e.file_id, s);
+                    buf.clear();
+                    s.encode(&mut buf);
+                    raw_files.insert(e.file_id, &buf)?;
+                    total += 1;
                 }
                 _ => return Err(bad("file table", "an entry is not a raw data file".into())),
             }
         }
     }
-    let total = raw_files.len() as u64;
+    let stream_of = |v: Vec<u8>| -> Result<Stream, DigestError> {
+        let mut r = super::codec::Reader::new(&v);
+        let s = Stream::decode(&mut r).map_err(|e| bad("scratch map", e.to_string()))?;
+        r.finish().map_err(|e| bad("scratch map", e.to_string()))?;
+        Ok(s)
+    };
     let mut w = Work {
         repo,
         unlocked: &unlocked,
@@ -316,7 +350,7 @@ fn digest_locked(
             tracing::warn!("skipping a Manifest.db row with a malformed fileID");
             return Ok(());
         };
-        let data = raw_files.remove(&fid);
+        let data = raw_files.remove(fid)?.map(stream_of).transpose()?;
         let content = if row.flags != FLAG_FILE {
             if data.is_some() {
                 // Ingest would drop that data file; digest must keep every byte of the export.
@@ -346,9 +380,13 @@ fn digest_locked(
         Ok(())
     })?;
     // Data files without a row: kept as received, by fileID.
-    let mut rest: Vec<([u8; 20], Stream)> = raw_files.into_iter().collect();
-    rest.sort_by_key(|a| a.0);
-    for (fid, s) in rest {
+    for kv in raw_files.iter() {
+        let (k, v) = kv?;
+        let fid: [u8; 20] = k
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("scratch map", "a key is not a fileID".into()))?;
+        let s = stream_of(v)?;
         w.files_raw += 1;
         w.tick();
         writer.push(
@@ -391,6 +429,8 @@ fn digest_locked(
     let repo = w.repo;
     drop(db);
     drop(scratch);
+    drop(raw_files);
+    drop(scratch_map);
     // §15.1: packs durable, then the record; only then does the raw record go.
     let id = repo.commit_snapshot(&record)?;
     retire_raw(repo, raw, &id)?;

@@ -16,7 +16,7 @@ pub const INDEX_LAYOUT_VERSION: u32 = 2;
 /// Engine code for sled 0.34.
 pub const ENGINE_SLED_034: u32 = 1;
 /// sled page cache size (bounded memory on the 512 MiB board).
-pub const CACHE_CAPACITY: u64 = 8 << 20;
+pub const CACHE_CAPACITY: u64 = 2 << 20;
 /// sled log segment size. sled's default (512 KiB) left the file at whole multiples of it,
 /// 2.6 MB for a phone's 14,000 chunks; the index is a cache on the backup drive, so it is kept
 /// small. sled is flushed explicitly at the commit points (§15.1), not every 500 ms.

@@ -166,7 +166,7 @@ struct Ctx<'a> {
     /// The working tree (scratch database); data files leave it as their rows take them.
     tree: WorkTree,
     /// `FileDone` entries of an interrupted run by fileID (entry bodies, scratch database).
-    done_files: sled::Tree,
+    done_files: super::scratch::ScratchMap,
     udid: String,
 }
 
@@ -256,7 +256,7 @@ impl Ctx<'_> {
 
     /// Takes the entry an interrupted run journaled for `fid`.
     fn take_done(&mut self, fid: &[u8; 20]) -> Result<Option<FileEntry>, IngestError> {
-        match self.done_files.remove(fid).map_err(ScratchError::from)? {
+        match self.done_files.remove(fid)? {
             Some(v) => Ok(Some(FileEntry::decode_body(&v)?)),
             None => Ok(None),
         }
@@ -364,7 +364,7 @@ pub fn ingest(
     })?;
     let storage = session.storage().clone();
     let done_files = tree.scratch().tree("done")?;
-    done_files.clear().map_err(ScratchError::from)?;
+    done_files.clear()?;
     let mut done_tops: HashMap<String, TopFile> = HashMap::new();
     let mut committing: Vec<SnapshotId> = Vec::new();
     let journal = Journal::open_each(
@@ -378,9 +378,7 @@ pub fn ingest(
                 Done::File(e) => {
                     let mut o = Vec::new();
                     e.encode(&mut o)?;
-                    done_files
-                        .insert(e.file_id, &o[4..])
-                        .map_err(ScratchError::from)?;
+                    done_files.insert(e.file_id, &o[4..])?;
                 }
                 Done::Top(t) => {
                     done_tops.insert(t.name.clone(), t);

@@ -1,10 +1,17 @@
 //! On-disk scratch maps in the box's own temporary space (never the drive): per-file state of a
-//! staging or ingest run kept in sled with a small cache, so memory does not grow with file count.
+//! staging or ingest run in one SQLite file with a fixed page cache, so memory stays flat.
 
 use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// sled page cache of one scratch database.
-pub const SCRATCH_CACHE: u64 = 4 << 20;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// SQLite page cache of one scratch database, in KiB. SQLite keeps to it: the maps can hold
+/// millions of entries (one per phone file) at the same memory.
+pub const SCRATCH_CACHE_KIB: u32 = 4 << 10;
+
+/// Entries a scan reads per query (the map may change between batches).
+const SCAN_BATCH: u32 = 256;
 
 /// Why scratch space failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,15 +19,25 @@ pub enum ScratchError {
     /// The temporary folder could not be made.
     #[error("local scratch space: {0}")]
     Io(#[from] io::Error),
-    /// sled failed.
+    /// SQLite failed.
     #[error("local scratch database: {0}")]
-    Sled(#[from] sled::Error),
+    Sqlite(#[from] rusqlite::Error),
+    /// A map name that is not a plain identifier.
+    #[error("scratch map name {0:?} is not a plain identifier")]
+    BadName(String),
 }
 
-/// A sled database in a fresh temporary folder, deleted with it.
+type Shared = Arc<Mutex<Connection>>;
+
+fn lock(c: &Shared) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock leaves a usable connection (each statement is atomic).
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A SQLite database in a fresh temporary folder, deleted with it.
 pub struct Scratch {
     // Dropped before `_dir`, which then removes the folder.
-    db: sled::Db,
+    conn: Shared,
     _dir: tempfile::TempDir,
 }
 
@@ -41,18 +58,175 @@ impl Scratch {
         let dir = tempfile::Builder::new()
             .prefix(&private_prefix("cradle-scratch-"))
             .tempdir()?;
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .cache_capacity(SCRATCH_CACHE)
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
-        Ok(Scratch { db, _dir: dir })
+        let conn = Connection::open(dir.path().join("scratch.db"))?;
+        // Disposable: no journal, no syncs, one writer; SQLite's own temporary files stay
+        // beside it rather than in memory.
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; \
+             PRAGMA locking_mode = EXCLUSIVE; PRAGMA temp_store = FILE; \
+             PRAGMA mmap_size = 0; PRAGMA cache_size = -{SCRATCH_CACHE_KIB};"
+        ))?;
+        Ok(Scratch {
+            conn: Arc::new(Mutex::new(conn)),
+            _dir: dir,
+        })
     }
 
-    /// The map `name` (created empty on first use).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, ScratchError> {
-        Ok(self.db.open_tree(name)?)
+    /// The map `name` (created empty on first use; a plain identifier).
+    pub fn tree(&self, name: &str) -> Result<ScratchMap, ScratchError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(ScratchError::BadName(name.to_string()));
+        }
+        let table = format!("m_{name}");
+        lock(&self.conn).execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;"
+        ))?;
+        let sql = |s: &str| s.replace("{t}", &table);
+        Ok(ScratchMap {
+            conn: self.conn.clone(),
+            sql: Arc::new(MapSql {
+                insert: sql("INSERT OR REPLACE INTO {t} (k, v) VALUES (?1, ?2)"),
+                get: sql("SELECT v FROM {t} WHERE k = ?1"),
+                remove: sql("DELETE FROM {t} WHERE k = ?1 RETURNING v"),
+                clear: sql("DELETE FROM {t}"),
+                from: sql("SELECT k, v FROM {t} WHERE k >= ?1 ORDER BY k LIMIT ?2"),
+                after: sql("SELECT k, v FROM {t} WHERE k > ?1 ORDER BY k LIMIT ?2"),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct MapSql {
+    insert: String,
+    get: String,
+    remove: String,
+    clear: String,
+    from: String,
+    after: String,
+}
+
+/// One ordered byte map of a [`Scratch`] database (keys compare as bytes).
+#[derive(Clone)]
+pub struct ScratchMap {
+    conn: Shared,
+    sql: Arc<MapSql>,
+}
+
+impl std::fmt::Debug for ScratchMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchMap").finish_non_exhaustive()
+    }
+}
+
+impl ScratchMap {
+    /// Sets `k` to `v`.
+    pub fn insert(&self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), ScratchError> {
+        let c = lock(&self.conn);
+        c.prepare_cached(&self.sql.insert)?
+            .execute(params![k.as_ref(), v.as_ref()])?;
+        Ok(())
+    }
+
+    /// The value of `k`.
+    pub fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, ScratchError> {
+        let c = lock(&self.conn);
+        let mut st = c.prepare_cached(&self.sql.get)?;
+        Ok(st.query_row([k.as_ref()], |r| r.get(0)).optional()?)
+    }
+
+    /// Whether `k` is set.
+    pub fn contains_key(&self, k: impl AsRef<[u8]>) -> Result<bool, ScratchError> {
+        Ok(self.get(k)?.is_some())
+    }
+
+    /// Removes `k`, returning its value.
+    pub fn remove(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, ScratchError> {
+        let c = lock(&self.conn);
+        let mut st = c.prepare_cached(&self.sql.remove)?;
+        Ok(st.query_row([k.as_ref()], |r| r.get(0)).optional()?)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<(), ScratchError> {
+        lock(&self.conn)
+            .prepare_cached(&self.sql.clear)?
+            .execute([])?;
+        Ok(())
+    }
+
+    /// Entries with keys from `start` on, in key order. Read in batches: changes made while
+    /// scanning show from the next batch on, as with any ordered map read by key.
+    pub fn range_from(&self, start: impl AsRef<[u8]>) -> Scan {
+        Scan {
+            map: self.clone(),
+            next: Some((start.as_ref().to_vec(), true)),
+            prefix: Vec::new(),
+            buf: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Entries whose keys start with `prefix`, in key order (batched as in [`range_from`]).
+    ///
+    /// [`range_from`]: ScratchMap::range_from
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Scan {
+        let mut s = self.range_from(prefix.as_ref());
+        s.prefix = prefix.as_ref().to_vec();
+        s
+    }
+
+    /// Every entry in key order.
+    pub fn iter(&self) -> Scan {
+        self.range_from([])
+    }
+
+    fn batch(&self, key: &[u8], inclusive: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ScratchError> {
+        let c = lock(&self.conn);
+        let sql = if inclusive {
+            &self.sql.from
+        } else {
+            &self.sql.after
+        };
+        let mut st = c.prepare_cached(sql)?;
+        let rows = st.query_map(params![key, SCAN_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A batched ordered scan of a [`ScratchMap`].
+pub struct Scan {
+    map: ScratchMap,
+    /// Where the next batch starts (key, inclusive); `None` when done.
+    next: Option<(Vec<u8>, bool)>,
+    prefix: Vec<u8>,
+    buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(Vec<u8>, Vec<u8>), ScratchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            let (key, inclusive) = self.next.take()?;
+            match self.map.batch(&key, inclusive) {
+                Err(e) => return Some(Err(e)),
+                Ok(rows) => {
+                    if rows.len() == SCAN_BATCH as usize {
+                        if let Some((k, _)) = rows.last() {
+                            self.next = Some((k.clone(), false));
+                        }
+                    }
+                    self.buf.extend(rows);
+                }
+            }
+        }
+        let (k, v) = self.buf.pop_front()?;
+        if !k.starts_with(&self.prefix) {
+            self.next = None;
+            self.buf.clear();
+            return None;
+        }
+        Some(Ok((k, v)))
     }
 }
 
@@ -103,6 +277,47 @@ pub fn remove_leftovers(tmp: &std::path::Path) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_are_ordered_and_scans_see_changes_between_batches() {
+        let s = Scratch::new().unwrap();
+        let a = s.tree("a").unwrap();
+        let b = s.tree("b").unwrap();
+        assert!(s.tree("x; DROP").is_err());
+        for i in 0..1000u32 {
+            a.insert(format!("k/{i:04}"), i.to_le_bytes()).unwrap();
+        }
+        a.insert("j", b"before").unwrap();
+        a.insert("l", b"after").unwrap();
+        b.insert("k/0001", b"other map").unwrap();
+        assert_eq!(a.get("k/0007").unwrap(), Some(7u32.to_le_bytes().to_vec()));
+        assert_eq!(
+            a.remove("k/0007").unwrap(),
+            Some(7u32.to_le_bytes().to_vec())
+        );
+        assert_eq!(a.remove("k/0007").unwrap(), None);
+        assert!(!a.contains_key("k/0007").unwrap());
+        // Removing ahead of the scan while scanning (as ingest does): removed keys in later
+        // batches are not seen; the scan ends at the prefix's end.
+        let mut seen = 0;
+        for kv in a.scan_prefix("k/") {
+            let (k, _) = kv.unwrap();
+            assert!(k.starts_with(b"k/"));
+            if k == b"k/0000" {
+                a.remove("k/0999").unwrap();
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 998);
+        let all: Vec<Vec<u8>> = a.iter().map(|kv| kv.unwrap().0).collect();
+        assert_eq!(all.first().map(Vec::as_slice), Some(&b"j"[..]));
+        assert_eq!(all.last().map(Vec::as_slice), Some(&b"l"[..]));
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(b.iter().count(), 1);
+        a.clear().unwrap();
+        assert_eq!(a.iter().count(), 0);
+        assert_eq!(b.get("k/0001").unwrap().as_deref(), Some(&b"other map"[..]));
+    }
 
     #[test]
     fn leftovers_of_dead_processes_are_removed_and_nothing_else() {

@@ -8,7 +8,7 @@ use super::ids::{SessionId, SnapshotId};
 use super::journal::{Journal, JournalError, JournalKind};
 use super::keys::Keys;
 use super::repo::{now_ms, RepoError, Repository};
-use super::scratch::{Scratch, ScratchError};
+use super::scratch::{Scratch, ScratchError, ScratchMap};
 use super::seal::{self, MAGIC_DONE, MAGIC_SESSION};
 use super::snapshot::{SnapshotRecord, TopEncoding, TopFile};
 use super::storage::{Storage, StorageError};
@@ -286,11 +286,11 @@ fn key_str(k: &[u8]) -> Result<String, TreeError> {
 /// box's temporary space (`scratch`), so memory stays flat whatever the file count.
 #[derive(Debug)]
 pub struct WorkTree {
-    nodes: sled::Tree,
+    nodes: ScratchMap,
     /// Subtrees on their way through a move or copy.
-    moving: sled::Tree,
+    moving: ScratchMap,
     /// The parent's wrapped file keys by fileID, filled on first use (`wrapped_key`).
-    wrapped: Option<sled::Tree>,
+    wrapped: Option<ScratchMap>,
     scratch: Scratch,
 }
 
@@ -349,9 +349,7 @@ impl WorkTree {
     }
 
     fn put(&self, path: &str, n: &Node) -> Result<(), StagingError> {
-        self.nodes
-            .insert(path.as_bytes(), encode_node(n))
-            .map_err(ScratchError::from)?;
+        self.nodes.insert(path.as_bytes(), encode_node(n))?;
         Ok(())
     }
 
@@ -446,7 +444,7 @@ impl WorkTree {
         let prefix = dir.map(|d| format!("{d}/")).unwrap_or_default();
         let p = prefix.as_bytes();
         let mut out = Vec::new();
-        let mut it = self.nodes.range(p.to_vec()..);
+        let mut it = self.nodes.range_from(p);
         while let Some(kv) = it.next() {
             let (k, v) = kv.map_err(scratch_err)?;
             if !k.starts_with(p) {
@@ -459,7 +457,7 @@ impl WorkTree {
                     // Inside the child `rest[..i]`: jump past its subtree ('0' follows '/').
                     let mut skip = k[..p.len() + i].to_vec();
                     skip.push(b'/' + 1);
-                    it = self.nodes.range(skip..);
+                    it = self.nodes.range_from(skip);
                 }
             }
         }
@@ -487,7 +485,7 @@ impl WorkTree {
             Some(t) => t.clone(),
             None => {
                 let t = self.scratch.tree("wrapped")?;
-                t.clear().map_err(ScratchError::from)?;
+                t.clear()?;
                 let mut rd = repo.file_table_reader(&parent.file_table);
                 while let Some(e) = rd.next_entry(repo)? {
                     if let (Content::Plain(_), Some(r)) = (&e.content, &e.row) {
@@ -495,7 +493,7 @@ impl WorkTree {
                             .ok()
                             .and_then(|f| f.encryption_key)
                         {
-                            t.insert(e.file_id, k).map_err(ScratchError::from)?;
+                            t.insert(e.file_id, k)?;
                         }
                     }
                 }
@@ -503,10 +501,7 @@ impl WorkTree {
                 t
             }
         };
-        Ok(tree
-            .get(file_id)
-            .map_err(ScratchError::from)?
-            .map(|v| v.to_vec()))
+        Ok(tree.get(file_id)?)
     }
 
     /// Applies one operation with the semantics of `BackupTarget`.
