@@ -559,3 +559,65 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Another machine, its lock just refreshed (rule 3 keeps it for 30 minutes).
+struct Laptop;
+
+impl LockEnv for Laptop {
+    fn facts(&self) -> HostFacts {
+        HostFacts {
+            hostname: "laptop-elsewhere".into(),
+            ..SystemLockEnv.facts()
+        }
+    }
+    fn pid_start(&self, _pid: u32) -> Option<u64> {
+        None
+    }
+    fn wait_ms(&self, _ms: u64) {}
+    fn now_ms(&self) -> i64 {
+        SystemLockEnv.now_ms()
+    }
+    fn clock_synced(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn unlock_removes_another_machines_lock_and_the_next_writer_proceeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Cradle");
+    let pwf = dir.path().join("pw");
+    std::fs::write(&pwf, format!("{PW}\n")).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(&root).unwrap());
+    let mut repo = init_on(storage);
+    let id = snapshot(&mut repo, UDID, 0, &[("Library/a.txt", b"day one")]);
+    let g = repo
+        .lock_writer(cradle::store::lock::LockPurpose::Ingest, &Laptop)
+        .unwrap();
+    std::mem::forget(g); // the drive was pulled from the laptop mid-backup
+    drop(repo);
+    let run = |args: &[&str]| {
+        let out = common::cradle()
+            .args(args)
+            .args(["--repo", common::s(&root), "--password-file", common::s(&pwf)])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&["prune", "--keep-last", "1"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("drive in use by laptop-elsewhere"), "{text}");
+    let (code, text) = run(&["unlock"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("removed the writer lock laptop-elsewhere took"), "{text}");
+    let (code, text) = run(&["unlock"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no writer lock"), "{text}");
+    let (code, text) = run(&["prune", "--keep-last", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&id.to_hex()[..12]), "{text}");
+}

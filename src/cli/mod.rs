@@ -21,6 +21,7 @@ mod repo;
 mod repo_keys;
 mod sim;
 mod stats;
+mod unlock;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,6 +83,9 @@ pub enum Command {
     /// The repository's index (a rebuildable cache).
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// Remove the repository's writer lock when no process here holds it: one a crash left, or
+    /// one another machine holds ("drive in use by …") when you know it is not writing.
+    Unlock(unlock::UnlockArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -118,5 +122,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unpin(a) => prune::run_unpin(a),
         Command::Pins(a) => prune::run_pins(a),
         Command::Index(c) => index::run(c),
+        Command::Unlock(a) => unlock::run(a),
     }
 }

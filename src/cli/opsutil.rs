@@ -20,6 +20,19 @@ pub fn date(ms: i64) -> String {
     )
 }
 
+/// `YYYY-MM-DD hh:mm:ss +hh:mm` of a time in ms, in `zone` (prune decides by local days).
+pub fn date_in(ms: i64, zone: &cradle::store::tz::Zone) -> String {
+    let off = zone.offset_at(ms.div_euclid(1000));
+    let sign = if off < 0 { '-' } else { '+' };
+    let a = off.unsigned_abs();
+    format!(
+        "{} {sign}{:02}:{:02}",
+        date(zone.local_ms(ms)),
+        a / 3600,
+        a / 60 % 60
+    )
+}
+
 /// Resolves SNAP: `latest` (the last of `cradle snapshots`' list), or a unique prefix of a
 /// SnapshotId, among readable records.
 pub fn resolve(repo: &Repository, snap: &str) -> anyhow::Result<(SnapshotId, SnapshotRecord)> {
@@ -100,6 +113,12 @@ mod tests {
     #[test]
     fn dates_and_sizes() {
         assert_eq!(date(86_400_000 + 3_661_000), "1970-01-02 01:01:01");
+        let zone = cradle::store::tz::Zone::from_rule("<-0330>3:30").unwrap();
+        assert_eq!(date_in(86_400_000 + 3_661_000, &zone), "1970-01-01 21:31:01 -03:30");
+        assert_eq!(
+            date_in(3_661_000, &cradle::store::tz::Zone::utc()),
+            "1970-01-01 01:01:01 +00:00"
+        );
         assert_eq!(human(999), "999 B");
         assert_eq!(human(1_500_000), "1.5 MB");
     }

@@ -10,7 +10,7 @@ use cradle::store::snapshot::Pin;
 use cradle::store::tz::Zone;
 use std::process::ExitCode;
 
-use super::opsutil::{date, human, resolve, Progress};
+use super::opsutil::{date, date_in, human, resolve, Progress};
 use super::repo::{open_repo, RepoArgs};
 
 #[derive(Args, Debug)]
@@ -118,7 +118,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         let when = if d.phone_date == 0 {
             String::new()
         } else {
-            date(d.phone_date)
+            date_in(d.phone_date, &opts.zone)
         };
         println!(
             "{what} {}  {when}  {}  ({})",

@@ -238,6 +238,24 @@ impl From<StorageError> for LockError {
     }
 }
 
+/// What [`Repository::unlock_writer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlocked {
+    /// There was no writer lock.
+    NoLock,
+    /// A lock was removed: who held it, why, and since when (ms since the epoch).
+    Removed {
+        /// Its holder's host name.
+        hostname: String,
+        /// What it was taken for.
+        purpose: LockPurpose,
+        /// When it was taken.
+        created_ms: i64,
+    },
+    /// An unreadable (torn or empty) lock was removed.
+    RemovedUnreadable,
+}
+
 /// A held lock, its mtime touched every [`LOCK_REFRESH_MS`] by a thread of its own; released by
 /// `release` (or, best effort, on drop).
 #[derive(Debug)]
@@ -434,6 +452,39 @@ impl Repository {
             pid: 0,
             purpose: LockPurpose::Admin,
         })
+    }
+
+    /// `cradle unlock`: removes the writer lock when no live process on this host holds it — a
+    /// stale one (§11 rules 1, 2, 4), or, as the explicit act rule 3 asks for, one another host
+    /// holds (for a drive moved away from a box mid-backup, or a box whose clock is not
+    /// synchronized). A live local holder is refused. The next writer recovers (§15.3).
+    pub fn unlock_writer(&self, env: &dyn LockEnv) -> Result<Unlocked, LockError> {
+        let info = match self.storage().list("locks") {
+            Ok(names) if !names.iter().any(|n| format!("locks/{n}") == WRITER_LOCK) => {
+                return Ok(Unlocked::NoLock)
+            }
+            Ok(_) => self.read_lock(WRITER_LOCK)?,
+            Err(e) if e.is_not_found() => return Ok(Unlocked::NoLock),
+            Err(e) => return Err(e.into()),
+        };
+        let found = match self.judge(WRITER_LOCK, env)? {
+            Existing::Held(e @ LockError::Held { .. }) => return Err(e),
+            Existing::Held(_) | Existing::Stale => match info {
+                Some(i) => Unlocked::Removed {
+                    hostname: i.facts.hostname,
+                    purpose: i.purpose,
+                    created_ms: i.created,
+                },
+                None => Unlocked::RemovedUnreadable,
+            },
+        };
+        match self.storage().delete(WRITER_LOCK) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => return Ok(Unlocked::NoLock),
+            Err(e) => return Err(e.into()),
+        }
+        self.storage().sync_dir("locks")?;
+        Ok(found)
     }
 
     /// Takes a reader lock `locks/reader-<HolderId>`.
@@ -661,6 +712,45 @@ mod tests {
             .unwrap();
         mine.release().unwrap();
         assert!(!s.exists(WRITER_LOCK).unwrap());
+    }
+
+    #[test]
+    fn unlock_removes_another_hosts_or_a_stale_lock_never_a_live_local_one() {
+        let (s, r) = repo();
+        let me = env(10, 1, "box", vec![(10, 510)]);
+        assert_eq!(r.unlock_writer(&me).unwrap(), Unlocked::NoLock);
+        // Another host's fresh lock (rule 3 would refuse it for 30 minutes): removed on request.
+        let laptop = env(20, 5, "laptop", vec![(20, 520)]);
+        let g = r.lock_writer(LockPurpose::Digest, &laptop).unwrap();
+        assert!(matches!(
+            r.lock_writer(LockPurpose::Ingest, &me),
+            Err(LockError::HeldByOtherHost { .. })
+        ));
+        assert!(matches!(
+            r.unlock_writer(&me).unwrap(),
+            Unlocked::Removed { ref hostname, purpose: LockPurpose::Digest, .. } if hostname == "laptop"
+        ));
+        std::mem::forget(g);
+        assert!(!s.exists(WRITER_LOCK).unwrap());
+        // A live process here: refused, the lock stays.
+        let held = r.lock_writer(LockPurpose::Ingest, &me).unwrap();
+        let other_pid = env(11, 1, "box", vec![(10, 510), (11, 511)]);
+        assert!(matches!(
+            r.unlock_writer(&other_pid),
+            Err(LockError::Held { pid: 10, .. })
+        ));
+        assert!(s.exists(WRITER_LOCK).unwrap());
+        // Its process gone (rule 1): removed.
+        let later = env(11, 1, "box", vec![(11, 511)]);
+        assert!(matches!(
+            r.unlock_writer(&later).unwrap(),
+            Unlocked::Removed { .. }
+        ));
+        std::mem::forget(held);
+        // Torn: removed after the second read.
+        s.create_exclusive(WRITER_LOCK, b"torn").unwrap();
+        assert_eq!(r.unlock_writer(&me).unwrap(), Unlocked::RemovedUnreadable);
+        r.lock_writer(LockPurpose::Ingest, &me).unwrap().release().unwrap();
     }
 
     #[test]
