@@ -600,12 +600,18 @@ fn unlock_removes_another_machines_lock_and_the_next_writer_proceeds() {
     let run = |args: &[&str]| {
         let out = common::cradle()
             .args(args)
-            .args(["--repo", common::s(&root), "--password-file", common::s(&pwf)])
+            .args([
+                "--repo",
+                common::s(&root),
+                "--password-file",
+                common::s(&pwf),
+            ])
             .output()
             .unwrap();
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (code, text) = run(&["prune", "--keep-last", "1"]);
@@ -613,11 +619,68 @@ fn unlock_removes_another_machines_lock_and_the_next_writer_proceeds() {
     assert!(text.contains("drive in use by laptop-elsewhere"), "{text}");
     let (code, text) = run(&["unlock"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("removed the writer lock laptop-elsewhere took"), "{text}");
+    assert!(
+        text.contains("removed the writer lock laptop-elsewhere took"),
+        "{text}"
+    );
     let (code, text) = run(&["unlock"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("no writer lock"), "{text}");
     let (code, text) = run(&["prune", "--keep-last", "1"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains(&id.to_hex()[..12]), "{text}");
+}
+
+/// A digest that stopped after committing its record but before moving the raw record's pin
+/// (format.md §9.4), then a prune: the pin protects the digested snapshot and moves to it.
+#[test]
+fn prune_moves_a_superseded_raw_records_pin_to_its_digested_successor() {
+    for dry_run in [true, false] {
+        let (_s, mut repo) = common::store::setup();
+        let t = write_table(&mut repo, &[]);
+        let mut raw = record(&mut repo, UDID, BASE, b"<plist>raw</plist>", &t);
+        raw.kind = cradle::store::snapshot::SnapshotKind::Raw;
+        let kek = raw.backup_kek.clone();
+        raw.backup_kek = cradle::store::snapshot::BackupKek([0; 32]);
+        let raw_id = repo.commit_snapshot(&raw).unwrap();
+        let pin = Pin {
+            pinned_at: 7,
+            note: "keep this one".into(),
+        };
+        repo.pin(&raw_id, &pin).unwrap();
+        let digested = cradle::store::snapshot::SnapshotRecord {
+            kind: cradle::store::snapshot::SnapshotKind::Digested,
+            digested_from: raw_id,
+            backup_kek: kek,
+            ..raw.clone()
+        };
+        let dig_id = repo.commit_snapshot(&digested).unwrap();
+        let newer = snapshot(&mut repo, UDID, 2, &[("a", b"newer")]);
+        let r = prune(
+            &mut repo,
+            &keep_last_one(dry_run),
+            &SystemLockEnv,
+            &mut |_| {},
+        )
+        .unwrap();
+        let kept = |id: &SnapshotId| r.decisions.iter().any(|d| d.id == *id && d.keep);
+        assert!(kept(&dig_id) && kept(&newer), "{:?}", r.decisions);
+        assert!(r.forgotten.contains(&raw_id));
+        if !dry_run {
+            let pins = repo.list_pins().unwrap();
+            assert_eq!(pins.len(), 1, "{pins:?}");
+            assert_eq!(pins[0].0, dig_id);
+            assert_eq!(pins[0].1.note, "keep this one");
+            assert!(repo.load_snapshot(&dig_id).is_ok());
+            // The next prune keeps it on the pin alone.
+            let r = prune(
+                &mut repo,
+                &keep_last_one(false),
+                &SystemLockEnv,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert!(r.forgotten.is_empty(), "{:?}", r.decisions);
+        }
+    }
 }

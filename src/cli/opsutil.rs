@@ -114,7 +114,10 @@ mod tests {
     fn dates_and_sizes() {
         assert_eq!(date(86_400_000 + 3_661_000), "1970-01-02 01:01:01");
         let zone = cradle::store::tz::Zone::from_rule("<-0330>3:30").unwrap();
-        assert_eq!(date_in(86_400_000 + 3_661_000, &zone), "1970-01-01 21:31:01 -03:30");
+        assert_eq!(
+            date_in(86_400_000 + 3_661_000, &zone),
+            "1970-01-01 21:31:01 -03:30"
+        );
         assert_eq!(
             date_in(3_661_000, &cradle::store::tz::Zone::utc()),
             "1970-01-01 01:01:01 +00:00"

@@ -750,7 +750,10 @@ mod tests {
         // Torn: removed after the second read.
         s.create_exclusive(WRITER_LOCK, b"torn").unwrap();
         assert_eq!(r.unlock_writer(&me).unwrap(), Unlocked::RemovedUnreadable);
-        r.lock_writer(LockPurpose::Ingest, &me).unwrap().release().unwrap();
+        r.lock_writer(LockPurpose::Ingest, &me)
+            .unwrap()
+            .release()
+            .unwrap();
     }
 
     #[test]

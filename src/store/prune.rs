@@ -363,11 +363,33 @@ pub fn prune(
             listing.damaged.iter().map(|(id, _)| *id).collect(),
         ));
     }
-    let pins: HashSet<SnapshotId> = storage
+    let mut pins: HashSet<SnapshotId> = storage
         .list("pins")?
         .iter()
         .filter_map(|n| SnapshotId::from_hex(n))
         .collect();
+    // A digest stopped between committing its record and moving the raw record's pin (§9.4):
+    // the pin protects the digested successor, and moves to it before the raw record goes.
+    let mut moved_pins: Vec<(SnapshotId, SnapshotId)> = Vec::new();
+    for (id, r) in &listing.snapshots {
+        if !r.digested_from.is_zero()
+            && listing.superseded_raw.contains(&r.digested_from)
+            && pins.contains(&r.digested_from)
+            && !pins.contains(id)
+        {
+            moved_pins.push((r.digested_from, *id));
+        }
+    }
+    if !opts.dry_run && !moved_pins.is_empty() {
+        let all = repo.list_pins()?;
+        for (raw, digested) in &moved_pins {
+            if let Some((_, pin)) = all.iter().find(|(p, _)| p == raw) {
+                repo.pin(digested, pin)?;
+            }
+        }
+        storage.sync_dir("pins")?;
+    }
+    pins.extend(moved_pins.iter().map(|(_, d)| *d));
     let decisions = plan(&listing.snapshots, &pins, &opts.policy, &opts.zone);
     let keep: HashSet<SnapshotId> = decisions.iter().filter(|d| d.keep).map(|d| d.id).collect();
     let mut report = PruneReport {
