@@ -1,7 +1,11 @@
-//! The rebuildable sled index (format.md §13): which pack holds each chunk, and the snapshots,
-//! so opening a repository need not read every pack header. A cache, never a source of truth.
+//! The rebuildable index (format.md §13): packs and snapshots in sled, which pack holds each
+//! chunk in the run files of `chunkmap`. A cache, never a source of truth.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::chunkmap::{ChunkMap, ChunkMapError, Entry};
 
 use super::ids::{ChunkId, PackId, SnapshotId};
 use super::keys::Keys;
@@ -10,9 +14,9 @@ use super::repo::{ChunkLoc, RepoError};
 use super::seal::{self, BlobKind};
 use super::snapshot::SnapshotRecord;
 
-/// Index layout version written in `VERSION` (2: sled segments of `SEGMENT_SIZE`; sled refuses
-/// to open a database made with another segment size, so older indexes are rebuilt).
-pub const INDEX_LAYOUT_VERSION: u32 = 2;
+/// Index layout version written in `VERSION` (2: sled segments of `SEGMENT_SIZE`, which sled
+/// checks; 3: the chunk map in run files under `chunks/`). Older indexes are rebuilt.
+pub const INDEX_LAYOUT_VERSION: u32 = 3;
 /// Engine code for sled 0.34.
 pub const ENGINE_SLED_034: u32 = 1;
 /// sled page cache size (bounded memory on the 512 MiB board).
@@ -42,6 +46,9 @@ pub enum IndexError {
     /// The index files could not be written.
     #[error("index files: {0}")]
     Io(#[from] std::io::Error),
+    /// The chunk map's run files failed or are damaged.
+    #[error("index {0}")]
+    ChunkMap(#[from] ChunkMapError),
 }
 
 /// Encodes `VERSION` (56 bytes).
@@ -62,15 +69,33 @@ pub fn version_ok(keys: &Keys, bytes: &[u8]) -> bool {
     bytes == encode_version(keys, true)
 }
 
-/// The index: sled trees `packs`, `pack_ids`, `chunks`, `snapshots`, `meta`.
+/// The index: sled trees `packs`, `pack_ids`, `snapshots`, `meta`, and the chunk map.
 pub struct Index {
     db: sled::Db,
     packs: sled::Tree,
     pack_ids: sled::Tree,
-    chunks: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
     dir: Option<PathBuf>,
+    state: Mutex<Chunks>,
+}
+
+/// The chunk map and what it needs in memory: each indexed pack's number and ID (about 60 bytes
+/// per 16 MiB pack), and the packs added since the last flush, which go to sled only after
+/// their chunk entries are durable (a pack in sled always has its entries; entries whose pack
+/// is not in sled are ignored, and their numbers are never given out again).
+struct Chunks {
+    map: ChunkMap,
+    packs: HashMap<u32, PackId>,
+    pending: Vec<(u32, PackId, u64, u32)>,
+    next_pack: u32,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Chunks {
+    fn live(&self) -> impl Fn(u32) -> bool + '_ {
+        |no| self.packs.contains_key(&no)
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -90,15 +115,16 @@ fn write_version(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn chunk_value(pack_no: u32, b: &BlobLoc) -> [u8; 18] {
-    let mut v = [0u8; 18];
-    v[..4].copy_from_slice(&pack_no.to_le_bytes());
-    v[4..8].copy_from_slice(&b.offset.to_le_bytes());
-    v[8..12].copy_from_slice(&b.entry.stored_len.to_le_bytes());
-    v[12..16].copy_from_slice(&b.entry.plain_len.to_le_bytes());
-    v[16] = b.entry.kind.code();
-    v[17] = b.entry.flags;
-    v
+fn chunk_entry(pack_no: u32, b: &BlobLoc) -> Entry {
+    Entry {
+        id: *b.entry.id.as_bytes(),
+        pack_no,
+        offset: b.offset,
+        stored_len: b.entry.stored_len,
+        plain_len: b.entry.plain_len,
+        kind: b.entry.kind.code(),
+        flags: b.entry.flags,
+    }
 }
 
 fn le32(b: &[u8]) -> Option<u32> {
@@ -157,27 +183,84 @@ impl Index {
             .cache_capacity(CACHE_CAPACITY)
             .segment_size(SEGMENT_SIZE)
             .flush_every_ms(None);
-        let db = match config.open() {
-            Ok(db) => db,
-            Err(e) => {
-                if let Some(d) = &dir {
-                    if let Ok(k) = d.canonicalize() {
-                        open_dirs().remove(&k);
-                    }
+        let release = |dir: &Option<PathBuf>| {
+            if let Some(d) = dir {
+                if let Ok(k) = d.canonicalize() {
+                    open_dirs().remove(&k);
                 }
+            }
+        };
+        let (chunk_dir, tmp) = match &dir {
+            Some(d) => (d.join("chunks"), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("cradle-index-").tempdir()?;
+                (t.path().join("chunks"), Some(t))
+            }
+        };
+        if fresh {
+            match std::fs::remove_dir_all(&chunk_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    release(&dir);
+                    return Err(e.into());
+                }
+            }
+        }
+        let map = match ChunkMap::open(&chunk_dir) {
+            Ok(m) => m,
+            Err(e) => {
+                release(&dir);
                 return Err(e.into());
             }
         };
+        let db = match config.open() {
+            Ok(db) => db,
+            Err(e) => {
+                release(&dir);
+                return Err(e.into());
+            }
+        };
+        let packs = db.open_tree("packs")?;
+        let mut by_no = HashMap::new();
+        for kv in packs.iter() {
+            let (k, v) = kv?;
+            let no = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| IndexError::Value)?);
+            let id = PackId::from_slice(v.get(..32).ok_or(IndexError::Value)?)
+                .ok_or(IndexError::Value)?;
+            by_no.insert(no, id);
+        }
+        let meta = db.open_tree("meta")?;
+        let next_pack = [
+            meta.get(b"next_pack")?.and_then(|v| le32(&v)),
+            map.max_pack_no().map(|n| n + 1),
+            by_no.keys().max().map(|n| n + 1),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
         let index = Index {
-            packs: db.open_tree("packs")?,
+            packs,
             pack_ids: db.open_tree("pack_ids")?,
-            chunks: db.open_tree("chunks")?,
             snapshots: db.open_tree("snapshots")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
             dir,
+            state: Mutex::new(Chunks {
+                map,
+                packs: by_no,
+                pending: Vec::new(),
+                next_pack,
+                _tmp: tmp,
+            }),
         };
         Ok((index, fresh))
+    }
+
+    fn state(&self) -> MutexGuard<'_, Chunks> {
+        // Every change to the state is completed under the lock before it can fail halfway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Deletes everything (a rebuild starts here); `VERSION` says "building" until `complete`.
@@ -185,41 +268,65 @@ impl Index {
         if let Some(d) = &self.dir {
             write_version(d, &encode_version(keys, false))?;
         }
-        for t in [
-            &self.packs,
-            &self.pack_ids,
-            &self.chunks,
-            &self.snapshots,
-            &self.meta,
-        ] {
+        for t in [&self.packs, &self.pack_ids, &self.snapshots, &self.meta] {
             t.clear()?;
         }
+        let mut st = self.state();
+        st.map.clear()?;
+        st.packs.clear();
+        st.pending.clear();
         Ok(())
     }
 
-    /// Flushes sled and marks the index complete.
+    /// Flushes and marks the index complete.
     pub fn complete(&self, keys: &Keys) -> Result<(), IndexError> {
-        self.db.flush()?;
+        self.flush()?;
         if let Some(d) = &self.dir {
             write_version(d, &encode_version(keys, true))?;
         }
         Ok(())
     }
 
-    /// Flushes sled (§15.1 steps 3 and 5).
+    /// Makes everything durable (§15.1 steps 3 and 5): the new chunk entries as a run first,
+    /// then the new packs into sled, then sled.
     pub fn flush(&self) -> Result<(), IndexError> {
+        let mut st = self.state();
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_locked(&self, st: &mut Chunks) -> Result<(), IndexError> {
+        let Chunks {
+            map,
+            packs,
+            pending,
+            next_pack,
+            ..
+        } = st;
+        map.flush(&|no| packs.contains_key(&no))?;
+        for (no, id, file_len, blobs) in pending.drain(..) {
+            let mut v = Vec::with_capacity(44);
+            v.extend_from_slice(id.as_bytes());
+            v.extend_from_slice(&file_len.to_le_bytes());
+            v.extend_from_slice(&blobs.to_le_bytes());
+            self.packs.insert(no.to_be_bytes(), v)?;
+            self.pack_ids.insert(id.as_bytes(), &no.to_le_bytes())?;
+        }
+        self.meta.insert(b"next_pack", &next_pack.to_le_bytes())?;
         self.db.flush()?;
         Ok(())
     }
 
     /// Whether the pack is indexed.
     pub fn has_pack(&self, id: &PackId) -> Result<bool, IndexError> {
+        if self.state().pending.iter().any(|p| p.1 == *id) {
+            return Ok(true);
+        }
         Ok(self.pack_ids.contains_key(id.as_bytes())?)
     }
 
     /// Every indexed pack.
     pub fn packs(&self) -> Result<Vec<PackId>, IndexError> {
-        let mut out = Vec::new();
+        let mut out: Vec<PackId> = self.state().pending.iter().map(|p| p.1).collect();
         for kv in self.pack_ids.iter() {
             let (k, _) = kv?;
             out.push(PackId::from_slice(&k).ok_or(IndexError::Value)?);
@@ -227,82 +334,84 @@ impl Index {
         Ok(out)
     }
 
-    /// Adds a pack and its chunks (a chunk already indexed keeps its first location).
+    /// Adds a pack and its chunks (a chunk already indexed keeps its first location). Durable
+    /// at the next `flush`; a large rebuild writes a run on the way.
     pub fn insert_pack(&self, pack: &FinishedPack) -> Result<(), IndexError> {
         if self.has_pack(&pack.id)? {
             return Ok(());
         }
-        let no = self
-            .meta
-            .get(b"next_pack")?
-            .and_then(|v| le32(&v))
-            .unwrap_or(0);
-        self.meta.insert(b"next_pack", &(no + 1).to_le_bytes())?;
-        let mut v = Vec::with_capacity(44);
-        v.extend_from_slice(pack.id.as_bytes());
-        v.extend_from_slice(&pack.file_len.to_le_bytes());
-        v.extend_from_slice(&(pack.blobs.len() as u32).to_le_bytes());
-        self.packs.insert(no.to_be_bytes(), v)?;
-        self.pack_ids
-            .insert(pack.id.as_bytes(), &no.to_le_bytes())?;
-        let mut batch = sled::Batch::default();
+        let mut st = self.state();
+        let no = st.next_pack;
+        st.next_pack = no.checked_add(1).ok_or(IndexError::Value)?;
+        st.pending
+            .push((no, pack.id, pack.file_len, pack.blobs.len() as u32));
+        st.packs.insert(no, pack.id);
         for b in &pack.blobs {
-            if !self.chunks.contains_key(b.entry.id.as_bytes())? {
-                batch.insert(b.entry.id.as_bytes(), &chunk_value(no, b));
+            let known = {
+                let live = st.live();
+                st.map.get(b.entry.id.as_bytes(), &live)?.is_some()
+            };
+            if !known {
+                st.map.insert(chunk_entry(no, b));
             }
         }
-        self.chunks.apply_batch(batch)?;
+        if st.map.memtable_full() {
+            self.flush_locked(&mut st)?;
+        }
         Ok(())
     }
 
-    /// Drops a pack and every chunk entry pointing into it.
+    /// Drops a pack; its chunk entries stop counting at once and leave the run files at their
+    /// next merge.
     pub fn remove_pack(&self, id: &PackId) -> Result<(), IndexError> {
-        let Some(no) = self.pack_ids.remove(id.as_bytes())?.and_then(|v| le32(&v)) else {
+        let mut st = self.state();
+        let no = match st.pending.iter().position(|p| p.1 == *id) {
+            Some(i) => Some(st.pending.remove(i).0),
+            None => self.pack_ids.remove(id.as_bytes())?.and_then(|v| le32(&v)),
+        };
+        let Some(no) = no else {
             return Ok(());
         };
         self.packs.remove(no.to_be_bytes())?;
-        let mut batch = sled::Batch::default();
-        for kv in self.chunks.iter() {
-            let (k, v) = kv?;
-            if le32(&v) == Some(no) {
-                batch.remove(k);
-            }
-        }
-        self.chunks.apply_batch(batch)?;
+        st.packs.remove(&no);
+        st.map.forget_unwritten(no);
         Ok(())
     }
 
     /// Where a chunk lies, per the index (a hint: reads still check the ChunkId).
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLoc>, IndexError> {
-        let Some(v) = self.chunks.get(id.as_bytes())? else {
+        let st = self.state();
+        let live = st.live();
+        let Some(e) = st.map.get(id.as_bytes(), &live)? else {
             return Ok(None);
         };
-        if v.len() != 18 {
-            return Err(IndexError::Value);
-        }
-        let no = le32(&v).ok_or(IndexError::Value)?;
-        let pv = self.packs.get(no.to_be_bytes())?.ok_or(IndexError::Value)?;
-        let pack =
-            PackId::from_slice(pv.get(..32).ok_or(IndexError::Value)?).ok_or(IndexError::Value)?;
+        let pack = *st.packs.get(&e.pack_no).ok_or(IndexError::Value)?;
         let entry = PackEntry {
-            kind: BlobKind::from_code(v[16]).ok_or(IndexError::Value)?,
-            flags: v[17],
-            stored_len: le32(&v[8..]).ok_or(IndexError::Value)?,
-            plain_len: le32(&v[12..]).ok_or(IndexError::Value)?,
+            kind: BlobKind::from_code(e.kind).ok_or(IndexError::Value)?,
+            flags: e.flags,
+            stored_len: e.stored_len,
+            plain_len: e.plain_len,
             id: *id,
         };
         Ok(Some(ChunkLoc {
             pack,
             blob: BlobLoc {
                 entry,
-                offset: le32(&v[4..]).ok_or(IndexError::Value)?,
+                offset: e.offset,
             },
         }))
     }
 
-    /// Number of indexed chunks.
-    pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+    /// Number of indexed chunks (reads the whole chunk map).
+    pub fn chunk_count(&self) -> Result<u64, IndexError> {
+        let st = self.state();
+        let live = st.live();
+        Ok(st.map.count_live(&live)?)
+    }
+
+    /// Run files of the chunk map (for reports).
+    pub fn chunk_runs(&self) -> usize {
+        self.state().map.run_count()
     }
 
     fn snapshot_aad(id: &SnapshotId) -> Vec<u8> {

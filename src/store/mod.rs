@@ -44,6 +44,7 @@
 pub mod caps;
 pub mod check;
 pub mod chunker;
+pub mod chunkmap;
 pub mod codec;
 pub mod digest;
 pub mod export;
