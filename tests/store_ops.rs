@@ -545,6 +545,21 @@ fn index_is_rebuilt_automatically_when_deleted_or_damaged() {
         let c = check(&repo, &CheckOptions::default(), &mut |_| {}).unwrap();
         assert!(c.is_ok() && c.index_consistent, "{c:?}");
     }
+    // One flipped byte in a run file of the chunk map (its checksum catches it).
+    let runs: Vec<_> = walk(&dir.path().join("index/chunks"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "run"))
+        .collect();
+    assert!(!runs.is_empty());
+    let mut bytes = std::fs::read(&runs[0]).unwrap();
+    bytes[3] ^= 0x10;
+    std::fs::write(&runs[0], bytes).unwrap();
+    {
+        let repo = open_on(local());
+        assert_eq!(answers(&repo), want);
+        let c = check(&repo, &CheckOptions::default(), &mut |_| {}).unwrap();
+        assert!(c.is_ok() && c.index_consistent, "{c:?}");
+    }
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -462,3 +462,92 @@ impl From<IndexError> for RepoError {
         RepoError::Index(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::MasterSecret;
+
+    fn pack(n: u8, chunks: &[u8]) -> FinishedPack {
+        FinishedPack {
+            id: PackId::from_bytes([n; 32]),
+            file_len: 1000,
+            blobs: chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| BlobLoc {
+                    entry: PackEntry {
+                        kind: BlobKind::Data,
+                        flags: 0,
+                        stored_len: 100,
+                        plain_len: 60,
+                        id: ChunkId::from_bytes([*c; 32]),
+                    },
+                    offset: 8 + 100 * i as u32,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn entries_whose_pack_never_reached_sled_are_ignored_and_their_number_never_reused() {
+        let keys = Keys::derive(&MasterSecret::from_bytes([5; 32]));
+        let root = tempfile::tempdir().unwrap();
+        let (idx, fresh) = Index::open(Some(root.path()), &keys).unwrap();
+        assert!(fresh);
+        idx.insert_pack(&pack(1, &[1, 2])).unwrap();
+        idx.complete(&keys).unwrap();
+        drop(idx);
+        // A crash between the run and sled: a run names pack number 7, which sled never got.
+        let mut m = ChunkMap::open(&root.path().join("index").join("chunks")).unwrap();
+        let orphan = chunk_entry(7, &pack(9, &[9]).blobs[0]);
+        m.insert(orphan);
+        m.flush(&|_| true).unwrap();
+        drop(m);
+        let (idx, fresh) = Index::open(Some(root.path()), &keys).unwrap();
+        assert!(!fresh);
+        assert!(idx.chunk(&ChunkId::from_bytes([9; 32])).unwrap().is_none());
+        assert_eq!(idx.chunk_count().unwrap(), 2);
+        let loc = idx.chunk(&ChunkId::from_bytes([2; 32])).unwrap().unwrap();
+        assert_eq!(
+            (loc.pack, loc.blob.offset),
+            (PackId::from_bytes([1; 32]), 108)
+        );
+        // The next pack gets number 8, so the orphan entry stays dead.
+        idx.insert_pack(&pack(3, &[3, 1])).unwrap();
+        idx.flush().unwrap();
+        let no = idx.pack_ids.get([3u8; 32]).unwrap().and_then(|v| le32(&v));
+        assert_eq!(no, Some(8));
+        // Chunk 1 keeps its first location; removing that pack drops both of its chunks.
+        let loc = idx.chunk(&ChunkId::from_bytes([1; 32])).unwrap().unwrap();
+        assert_eq!(loc.pack, PackId::from_bytes([1; 32]));
+        idx.remove_pack(&PackId::from_bytes([1; 32])).unwrap();
+        assert!(idx.chunk(&ChunkId::from_bytes([1; 32])).unwrap().is_none());
+        assert_eq!(idx.chunk_count().unwrap(), 1);
+        assert_eq!(idx.packs().unwrap(), vec![PackId::from_bytes([3; 32])]);
+    }
+
+    #[test]
+    fn a_damaged_run_fails_the_open_so_the_index_is_rebuilt() {
+        let keys = Keys::derive(&MasterSecret::from_bytes([6; 32]));
+        let root = tempfile::tempdir().unwrap();
+        let (idx, _) = Index::open(Some(root.path()), &keys).unwrap();
+        idx.insert_pack(&pack(1, &[1])).unwrap();
+        idx.complete(&keys).unwrap();
+        drop(idx);
+        let dir = root.path().join("index").join("chunks");
+        let run = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut b = std::fs::read(&run).unwrap();
+        b[0] ^= 0x40;
+        std::fs::write(&run, b).unwrap();
+        assert!(matches!(
+            Index::open(Some(root.path()), &keys),
+            Err(IndexError::ChunkMap(_))
+        ));
+    }
+}
