@@ -28,6 +28,8 @@ pub enum ScratchError {
 }
 
 type Shared = Arc<Mutex<Connection>>;
+/// A key and its value.
+type Kv = (Vec<u8>, Vec<u8>);
 
 fn lock(c: &Shared) -> MutexGuard<'_, Connection> {
     // A panic while holding the lock leaves a usable connection (each statement is atomic).
@@ -180,7 +182,7 @@ impl ScratchMap {
         self.range_from([])
     }
 
-    fn batch(&self, key: &[u8], inclusive: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ScratchError> {
+    fn batch(&self, key: &[u8], inclusive: bool) -> Result<Vec<Kv>, ScratchError> {
         let c = lock(&self.conn);
         let sql = if inclusive {
             &self.sql.from
@@ -199,11 +201,11 @@ pub struct Scan {
     /// Where the next batch starts (key, inclusive); `None` when done.
     next: Option<(Vec<u8>, bool)>,
     prefix: Vec<u8>,
-    buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    buf: std::collections::VecDeque<Kv>,
 }
 
 impl Iterator for Scan {
-    type Item = Result<(Vec<u8>, Vec<u8>), ScratchError>;
+    type Item = Result<Kv, ScratchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
