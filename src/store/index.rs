@@ -193,7 +193,9 @@ impl Index {
         let (chunk_dir, tmp) = match &dir {
             Some(d) => (d.join("chunks"), None),
             None => {
-                let t = tempfile::Builder::new().prefix("cradle-index-").tempdir()?;
+                let t = tempfile::Builder::new()
+                    .prefix(&super::scratch::private_prefix("cradle-index-"))
+                    .tempdir()?;
                 (t.path().join("chunks"), Some(t))
             }
         };

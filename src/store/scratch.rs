@@ -233,10 +233,11 @@ impl Iterator for Scan {
 }
 
 /// Prefixes of the folders this crate makes in the temporary folder for a run's private state
-/// (the scratch maps above, the decrypted Manifest.db of a backup being read). The maker's
+/// (the scratch maps above, the decrypted Manifest.db of a backup being read, the temporary
+/// index of a repository that is not a local folder). The maker's
 /// process id follows the prefix (see [`private_prefix`]), so leftovers of a killed run can be
 /// told from folders in use.
-const LEFTOVER_PREFIXES: [&str; 2] = ["cradle-scratch-", "cradle-manifest-"];
+const LEFTOVER_PREFIXES: [&str; 3] = ["cradle-scratch-", "cradle-manifest-", "cradle-index-"];
 
 /// `prefix` followed by this process's id: the name start of a private temporary folder.
 pub fn private_prefix(prefix: &str) -> String {
