@@ -24,13 +24,26 @@ use cradle::store::table::{Content, FileEntry, Row, FLAG_FILE};
 const DAY: i64 = 86_400_000;
 const BASE: i64 = 1_764_000_000_000; // 2025-11-24
 
-/// A lock environment in which every earlier holder is gone (same host and boot, dead pid), so a
-/// lock left by a crash is stale.
-struct AfterCrash;
+/// A lock environment in which every earlier holder's process is gone (same host and boot, dead
+/// pid), so a lock left by a crash is stale; with `host`, this process is on another machine.
+struct Holder {
+    host: Option<&'static str>,
+}
 
-impl LockEnv for AfterCrash {
+/// This host after a crash.
+const AFTER_CRASH: Holder = Holder { host: None };
+/// Another machine, its lock just taken (rule 3 keeps it for 30 minutes).
+const LAPTOP: Holder = Holder {
+    host: Some("laptop-elsewhere"),
+};
+
+impl LockEnv for Holder {
     fn facts(&self) -> HostFacts {
-        SystemLockEnv.facts()
+        let mine = SystemLockEnv.facts();
+        HostFacts {
+            hostname: self.host.map_or(mine.hostname.clone(), String::from),
+            ..mine
+        }
     }
     fn pid_start(&self, _pid: u32) -> Option<u64> {
         None
@@ -381,7 +394,7 @@ fn prune_crash_at_every_step_leaves_every_snapshot_readable() {
         let sc = scenario();
         let mut repo = open_on(Arc::new(sc.s.clone()));
         sc.s.pull_after_ops(k);
-        let done = prune(&mut repo, &opts, &AfterCrash, &mut |_| {}).is_ok();
+        let done = prune(&mut repo, &opts, &AFTER_CRASH, &mut |_| {}).is_ok();
         drop(repo);
         sc.s.crash_torn((k as usize * 7919) % 4096);
         let repo = open_on(Arc::new(sc.s.clone()));
@@ -398,7 +411,7 @@ fn prune_crash_at_every_step_leaves_every_snapshot_readable() {
         assert!(c.is_ok(), "step {k}: {c:?}");
         // The next prune (after the crash, the old lock is stale) finishes.
         let mut repo = repo;
-        prune(&mut repo, &opts, &AfterCrash, &mut |_| {})
+        prune(&mut repo, &opts, &AFTER_CRASH, &mut |_| {})
             .unwrap_or_else(|e| panic!("step {k}: second prune: {e}"));
         assert_eq!(repo.list_snapshots().unwrap(), vec![sc.ids[2]]);
         assert_eq!(
@@ -575,28 +588,6 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Another machine, its lock just refreshed (rule 3 keeps it for 30 minutes).
-struct Laptop;
-
-impl LockEnv for Laptop {
-    fn facts(&self) -> HostFacts {
-        HostFacts {
-            hostname: "laptop-elsewhere".into(),
-            ..SystemLockEnv.facts()
-        }
-    }
-    fn pid_start(&self, _pid: u32) -> Option<u64> {
-        None
-    }
-    fn wait_ms(&self, _ms: u64) {}
-    fn now_ms(&self) -> i64 {
-        SystemLockEnv.now_ms()
-    }
-    fn clock_synced(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn unlock_removes_another_machines_lock_and_the_next_writer_proceeds() {
     let dir = tempfile::tempdir().unwrap();
@@ -608,7 +599,7 @@ fn unlock_removes_another_machines_lock_and_the_next_writer_proceeds() {
     let mut repo = init_on(storage);
     let id = snapshot(&mut repo, UDID, 0, &[("Library/a.txt", b"day one")]);
     let g = repo
-        .lock_writer(cradle::store::lock::LockPurpose::Ingest, &Laptop)
+        .lock_writer(cradle::store::lock::LockPurpose::Ingest, &LAPTOP)
         .unwrap();
     std::mem::forget(g); // the drive was pulled from the laptop mid-backup
     drop(repo);
