@@ -252,6 +252,7 @@ impl RunReader {
 /// Writes a run: entries in ChunkId order, then the Bloom filter and the trailer; `.tmp`,
 /// fsync, rename, fsync of the folder.
 struct RunWriter {
+    seq: u64,
     tmp: PathBuf,
     path: PathBuf,
     w: BufWriter<File>,
@@ -266,6 +267,7 @@ impl RunWriter {
         let path = dir.join(format!("{seq:016x}.run"));
         let tmp = dir.join(format!("{seq:016x}.run.tmp"));
         Ok(RunWriter {
+            seq,
             w: BufWriter::with_capacity(SCAN_BUF, File::create(&tmp)?),
             tmp,
             path,
@@ -286,7 +288,9 @@ impl RunWriter {
         Ok(())
     }
 
-    fn finish(mut self, dir: &Path) -> io::Result<PathBuf> {
+    /// Makes the run durable and returns it open for lookups, its Bloom filter taken from
+    /// memory (what was just written is not read back).
+    fn finish(mut self, dir: &Path) -> io::Result<Run> {
         for w in &self.bloom.words {
             let b = w.to_le_bytes();
             self.w.write_all(&b)?;
@@ -306,7 +310,14 @@ impl RunWriter {
         drop(f);
         fs::rename(&self.tmp, &self.path)?;
         File::open(dir)?.sync_all()?;
-        Ok(self.path)
+        Ok(Run {
+            seq: self.seq,
+            file: File::open(&self.path)?,
+            path: self.path,
+            count: self.count,
+            max_pack_no: self.max_pack_no,
+            bloom: self.bloom,
+        })
     }
 }
 
@@ -481,7 +492,7 @@ impl ChunkMap {
         self.mem.retain(|_, e| e.pack_no != no);
     }
 
-    /// Whether entries wait for `flush`; true also when they are many enough to write now.
+    /// Whether enough entries wait (`MEMTABLE_MAX`) to be written as a run now.
     pub fn memtable_full(&self) -> bool {
         self.mem.len() >= MEMTABLE_MAX
     }
@@ -497,9 +508,8 @@ impl ChunkMap {
         for e in self.mem.values() {
             w.push(e)?;
         }
-        let path = w.finish(&self.dir)?;
+        self.runs.push(w.finish(&self.dir)?);
         self.next_seq += 1;
-        self.runs.push(Run::open(seq, path)?);
         self.mem.clear();
         loop {
             let n = self.runs.len();
@@ -527,9 +537,8 @@ impl ChunkMap {
         while let Some(e) = m.next_live(live)? {
             w.push(&e)?;
         }
-        let path = w.finish(&self.dir)?;
+        self.runs.push(w.finish(&self.dir)?);
         self.next_seq += 1;
-        self.runs.push(Run::open(seq, path)?);
         // The merged run is durable: the inputs can go (a crash before this leaves duplicates,
         // which lookups and the next merge treat as one).
         for r in inputs {

@@ -118,7 +118,17 @@ pub fn digest(
     progress: &mut dyn FnMut(DigestProgress),
 ) -> Result<DigestReport, DigestError> {
     let guard = repo.lock_writer(LockPurpose::Digest, env)?;
-    let r = digest_locked(repo, raw, password, &mut KekCache::default(), progress)?;
+    // An interrupted digest of this snapshot: its record is durable, only the retirement is left.
+    let listing = repo.snapshot_listing()?;
+    let mut done = if listing.superseded_raw.contains(raw) {
+        retire_superseded(repo, &listing)?
+    } else {
+        Vec::new()
+    };
+    let r = match done.iter().position(|r| r.raw == *raw) {
+        Some(i) => done.swap_remove(i),
+        None => digest_locked(repo, raw, password, &mut KekCache::default(), progress)?,
+    };
     guard.release()?;
     Ok(r)
 }
@@ -229,13 +239,6 @@ fn digest_locked(
     keks: &mut KekCache,
     progress: &mut dyn FnMut(DigestProgress),
 ) -> Result<DigestReport, DigestError> {
-    let listing = repo.snapshot_listing()?;
-    if listing.superseded_raw.contains(raw) {
-        let mut done = retire_superseded(repo, &listing)?;
-        if let Some(i) = done.iter().position(|r| r.raw == *raw) {
-            return Ok(done.swap_remove(i));
-        }
-    }
     let rec = repo.load_snapshot(raw)?;
     if rec.kind != SnapshotKind::Raw {
         return Err(DigestError::NotRaw(*raw));

@@ -459,11 +459,8 @@ impl Repository {
     /// holds (for a drive moved away from a box mid-backup, or a box whose clock is not
     /// synchronized). A live local holder is refused. The next writer recovers (§15.3).
     pub fn unlock_writer(&self, env: &dyn LockEnv) -> Result<Unlocked, LockError> {
-        let info = match self.storage().list("locks") {
-            Ok(names) if !names.iter().any(|n| format!("locks/{n}") == WRITER_LOCK) => {
-                return Ok(Unlocked::NoLock)
-            }
-            Ok(_) => self.read_lock(WRITER_LOCK)?,
+        let info = match self.read_lock(WRITER_LOCK) {
+            Ok(i) => i,
             Err(e) if e.is_not_found() => return Ok(Unlocked::NoLock),
             Err(e) => return Err(e.into()),
         };
